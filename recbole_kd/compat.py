@@ -1,0 +1,146 @@
+"""The one place where RecBole 1.2.1 is made to work on today's stack.
+
+Each shim below is idempotent, applied by :func:`apply` (called when
+``recbole_kd`` is imported), and has a test in ``tests/test_compat.py`` that
+fails without it.
+
+==========================  ======================================================
+trap                        how it is handled
+==========================  ======================================================
+(a) numpy >= 2              shim: ``Config.compatibility_settings`` reads
+                            ``np.float_``/``np.complex_``/``np.unicode_`` (removed
+                            in numpy 2). We replace it with a version that sets the
+                            same legacy aliases RecBole's own code relies on
+                            (``np.float``, ``np.bool`` ...) from names that exist
+                            on every numpy. No pin: numpy 2 is what torch wheels
+                            are built against.
+(b) torch >= 2.6            not a global patch: RecBole's trainers call
+                            ``torch.load`` without ``weights_only``. We never let
+                            them: our trainers save checkpoints that hold only
+                            tensors and plain Python values (no pickled Config)
+                            and load them with ``weights_only=True`` through
+                            :mod:`recbole_kd.checkpoint`. Unknown pickles stay
+                            refused, as torch intends.
+(c) pandas >= 3             shim: ``Dataset._fill_nan`` used
+                            ``feat[field].fillna(..., inplace=True)``, a silent
+                            no-op under copy-on-write; replaced by assignment.
+(d) ``ray`` at import       shim: ``recbole.quick_start`` does ``from ray import
+                            tune`` at import time, and ray (only needed for
+                            hyper-parameter tuning) is often missing or broken
+                            (ray 2.6 imports ``pkg_resources``, gone from new
+                            setuptools). If ray cannot be imported we register a
+                            stand-in module that raises a clear error only when
+                            tuning is actually used.
+==========================  ======================================================
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import numpy as np
+
+_APPLIED = False
+
+
+# (a) numpy --------------------------------------------------------------------------------------
+_NUMPY_ALIASES = {
+    "bool": np.bool_,
+    "int": np.int_,
+    "float": np.float64,
+    "complex": np.complex128,
+    "object": np.object_,
+    "str": np.str_,
+    "long": np.int_,
+    "unicode": np.str_,
+}
+
+
+def _compatibility_settings(self=None):
+    """Drop-in for ``Config.compatibility_settings`` that works on numpy 1 and 2."""
+    for name, value in _NUMPY_ALIASES.items():
+        # numpy 2 raises AttributeError for removed aliases only through module __getattr__;
+        # setting them as attributes is what RecBole 1.2.1 itself does on numpy 1.
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def patch_numpy_aliases() -> None:
+    from recbole.config.configurator import Config
+
+    Config.compatibility_settings = _compatibility_settings
+    _compatibility_settings()
+
+
+# (c) pandas -------------------------------------------------------------------------------------
+def _fill_nan(self):
+    """Copy-on-write safe version of ``recbole.data.dataset.Dataset._fill_nan``."""
+    from recbole.utils import FeatureType, set_color
+
+    self.logger.debug(set_color("Filling nan", "green"))
+    for feat_name in self.feat_name_list:
+        feat = getattr(self, feat_name)
+        for field in feat:
+            ftype = self.field2type[field]
+            if ftype == FeatureType.TOKEN:
+                feat[field] = feat[field].fillna(value=0)
+            elif ftype == FeatureType.FLOAT:
+                feat[field] = feat[field].fillna(value=feat[field].mean())
+            else:
+                dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                feat[field] = feat[field].apply(
+                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                )
+
+
+def patch_fill_nan() -> None:
+    from recbole.data.dataset.dataset import Dataset
+
+    Dataset._fill_nan = _fill_nan
+
+
+# (d) ray ----------------------------------------------------------------------------------------
+class _MissingRay(types.ModuleType):
+    """Stand-in for ``ray`` / ``ray.tune`` when the real package cannot be imported."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(name)
+        self.__dict__["_reason"] = reason
+        self.__dict__["__path__"] = []  # behave as a package so `from ray import tune` works
+
+    def __getattr__(self, item):
+        if item.startswith("__"):
+            raise AttributeError(item)
+        raise ImportError(
+            f"ray is needed for hyper-parameter tuning but cannot be imported ({self._reason}); "
+            "install it with: pip install 'recbole-kd[tune]'"
+        )
+
+
+def patch_ray_import() -> None:
+    if "ray" in sys.modules and not isinstance(sys.modules["ray"], _MissingRay):
+        return
+    try:
+        importlib.import_module("ray.tune")
+        return
+    except Exception as exc:  # ImportError, or ray's own import-time failures
+        reason = f"{type(exc).__name__}: {exc}"
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        del sys.modules[name]
+    ray = _MissingRay("ray", reason)
+    tune = _MissingRay("ray.tune", reason)
+    ray.__dict__["tune"] = tune
+    sys.modules["ray"] = ray
+    sys.modules["ray.tune"] = tune
+
+
+def apply() -> None:
+    """Apply every shim once (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    patch_numpy_aliases()
+    patch_fill_nan()
+    patch_ray_import()
+    _APPLIED = True

@@ -1,0 +1,91 @@
+"""Config layering on top of RecBole's ``Config``.
+
+Order (later wins):
+  RecBole defaults (overall.yaml, its model/dataset yaml)
+  < recbole-kd defaults (``configs/defaults.yaml``)
+  < the model's yaml (next to the model code; base classes first)
+  < the dataset's yaml (``configs/datasets/<dataset>.yaml``)
+  < ``--config_files``
+  < ``--key=value`` on the command line / ``overrides``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from recbole_kd import compat
+
+compat.apply()
+
+from recbole.config import Config  # noqa: E402
+
+from recbole_kd.registry import get_entry  # noqa: E402
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULTS_YAML = os.path.join(PACKAGE_DIR, "configs", "defaults.yaml")
+DATASET_YAML_DIR = os.path.join(PACKAGE_DIR, "configs", "datasets")
+
+
+class ConfigError(Exception):
+    pass
+
+
+class UnknownDatasetError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _argv_isolated():
+    """RecBole's Config parses sys.argv itself; we pass everything explicitly instead."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "recbole_kd"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def dataset_yaml(dataset: str) -> str | None:
+    path = os.path.join(DATASET_YAML_DIR, f"{dataset}.yaml")
+    return path if os.path.isfile(path) else None
+
+
+def config_file_list(model: str, dataset: str, config_files=()) -> list[str]:
+    entry = get_entry(model)
+    files = [DEFAULTS_YAML] + list(entry.config_files)
+    ds = dataset_yaml(dataset)
+    if ds:
+        files.append(ds)
+    for f in config_files or ():
+        if not os.path.isfile(f):
+            raise ConfigError(f"config file {f} does not exist; check --config_files")
+        files.append(f)
+    return files
+
+
+def build_config(model: str, dataset: str, config_files=(), overrides: dict | None = None) -> Config:
+    """A RecBole ``Config`` for a registered or stock model, with our layering."""
+    entry = get_entry(model)
+    files = config_file_list(model, dataset, config_files)
+    with _argv_isolated():
+        try:
+            config = Config(model=entry.cls, dataset=dataset, config_file_list=files, config_dict=dict(overrides or {}))
+        except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
+            raise ConfigError(f"invalid configuration for {model} on {dataset}: {exc}") from None
+    check_dataset_present(config)
+    return config
+
+
+def check_dataset_present(config) -> None:
+    """Refuse early (one line, no traceback) when the dataset's atomic files are not there."""
+    folder = config["data_path"]
+    dataset = config["dataset"]
+    inter = os.path.join(folder, f"{dataset}.inter")
+    if config["benchmark_filename"]:
+        inter = os.path.join(folder, f"{dataset}.{config['benchmark_filename'][0]}.inter")
+    if not os.path.isfile(inter):
+        raise UnknownDatasetError(
+            f"dataset {dataset!r} not found: searched {os.path.abspath(inter)}; "
+            "pass --data_path=DIR where DIR/{0}/{0}.inter exists (e.g. --data_path=../shared/datasets)".format(dataset)
+        )

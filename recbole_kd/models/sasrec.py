@@ -1,0 +1,166 @@
+"""SASRec trained the way the paper trains it: one window per user, next-item loss at every
+position (full softmax cross-entropy over all items, or sampled softmax), evaluated by
+RecBole's own evaluator on RecBole's leave-one-out split.
+
+The architecture is RecBole's SASRec (same ``TransformerEncoder``, embeddings, layer
+norm and initialisation), so "identical d, layers, heads" comparisons are fair.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.layers import TransformerEncoder
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_kd.models.windows import (
+    OWN_FROM_FIELD,
+    WINDOW_FIELD,
+    WindowDataLoader,
+    build_windows,
+    owned_target_mask,
+    user_train_sequences,
+)
+from recbole_kd.registry import register_model
+
+
+class WindowedSequentialModel(SequentialRecommender):
+    """Base for sequential models trained on per-user windows (see ``windows.py``)."""
+
+    input_type = InputType.POINTWISE
+    causal = True
+
+    @classmethod
+    def window_span(cls, config) -> int:
+        return config["MAX_ITEM_LIST_LENGTH"] + (1 if cls.causal else 0)
+
+    @classmethod
+    def build_train_dataloader(cls, config, train_data):
+        """Replace RecBole's prefix-per-sample training loader by a window loader."""
+        dataset = train_data.dataset
+        users, seqs = user_train_sequences(dataset)
+        span = cls.window_span(config)
+        stride = config["window_stride"] or max(1, span // 2)
+        table = build_windows(users, seqs, span=span, stride=stride, causal=cls.causal)
+        return WindowDataLoader(config, dataset, table, batch_size=config["train_batch_size"], shuffle=True)
+
+
+class FastSASRec(WindowedSequentialModel):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.n_layers = config["n_layers"]
+        self.n_heads = config["n_heads"]
+        self.hidden_size = config["hidden_size"]
+        self.inner_size = config["inner_size"]
+        self.hidden_dropout_prob = config["hidden_dropout_prob"]
+        self.attn_dropout_prob = config["attn_dropout_prob"]
+        self.hidden_act = config["hidden_act"]
+        self.layer_norm_eps = config["layer_norm_eps"]
+        self.initializer_range = config["initializer_range"]
+        self.loss_type = config["loss_type"]
+        self.num_negatives = config["num_negatives"]
+        if self.loss_type not in ("CE", "sampled"):
+            raise ValueError(f"loss_type must be 'CE' or 'sampled' for {type(self).__name__}, got {self.loss_type!r}")
+
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.trm_encoder = TransformerEncoder(
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            hidden_size=self.hidden_size,
+            inner_size=self.inner_size,
+            hidden_dropout_prob=self.hidden_dropout_prob,
+            attn_dropout_prob=self.attn_dropout_prob,
+            hidden_act=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+        )
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
+        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    # ---- encoder ----------------------------------------------------------------------------------
+    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """Hidden state at every position [B, L, d] (causal: position p sees items 0..p)."""
+        positions = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
+        x = self.dropout(self.LayerNorm(x))
+        mask = self.get_attention_mask(item_seq)
+        return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
+
+    def forward(self, item_seq, item_seq_len):
+        """User representation after ``item_seq`` (RecBole's SASRec interface)."""
+        out = self.encode(item_seq)
+        return self.gather_indexes(out, item_seq_len - 1)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def window_outputs(self, interaction):
+        """Hidden states at owned positions and their targets: ([M, d], [M], mask [B, L])."""
+        window = interaction[WINDOW_FIELD]
+        inputs, targets = window[:, :-1], window[:, 1:]
+        mask = owned_target_mask(targets, interaction[OWN_FROM_FIELD] - 1)
+        hidden = self.encode(inputs)
+        return hidden[mask], targets[mask], mask
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.item_embedding.weight.t()
+
+    def main_loss(self, hidden, targets):
+        if self.loss_type == "CE":
+            return F.cross_entropy(self.item_logits(hidden), targets)
+        return sampled_softmax_loss(hidden, targets, self.item_embedding.weight, self.num_negatives)
+
+    def calculate_loss(self, interaction):
+        hidden, targets, _ = self.window_outputs(interaction)
+        return self.main_loss(hidden, targets)
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])
+        return (seq_output * test_item_emb).sum(dim=1)
+
+    def full_sort_predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return self.item_logits(seq_output)
+
+
+def sampled_softmax_loss(hidden, targets, item_weight, num_negatives: int) -> torch.Tensor:
+    """Softmax over the positive and ``num_negatives`` uniformly sampled items shared by the
+    batch; a sampled item equal to the row's positive is masked out."""
+    n_items = item_weight.shape[0]
+    neg = torch.randint(1, n_items, (num_negatives,), device=hidden.device)
+    pos_logit = (hidden * item_weight[targets]).sum(-1, keepdim=True)
+    neg_logit = hidden @ item_weight[neg].t()
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+@register_model(
+    "SASRec-S",
+    kind="student",
+    config="sasrec_s.yaml",
+    description="small SASRec (window training, loss at every position); the student trained alone",
+)
+class SASRecS(FastSASRec):
+    pass
+
+
+@register_model(
+    "SASRec-L",
+    kind="teacher",
+    config="sasrec_l.yaml",
+    description="large SASRec teacher (window training, full-softmax cross-entropy)",
+)
+class SASRecL(FastSASRec):
+    pass

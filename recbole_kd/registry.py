@@ -1,0 +1,216 @@
+"""Model registry: plugin models first, RecBole's own models as the fall-back.
+
+A model registers with a decorator, next to its default yaml::
+
+    @register_model("SASRec-S", kind="student", config="sasrec_s.yaml",
+                    description="small SASRec trained on windows")
+    class SASRecS(FastSASRec):
+        ...
+
+``get_model("SASRec")`` still returns RecBole's stock class, so baselines and
+plugin models run through one entry point. Resolvers let families of names be
+derived on demand (``KD-<student>`` for every registered student).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+KINDS = ("baseline", "teacher", "student", "distilled", "transfer")
+
+
+class UnknownModelError(Exception):
+    pass
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    cls: type
+    kind: str
+    description: str
+    config_files: list = field(default_factory=list)
+    trainer: type | None = None
+    stock: bool = False
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_RESOLVERS: list[tuple[Callable[[str], "ModelEntry | None"], Callable[[], list] | None]] = []
+_STOCK_CACHE: dict[str, ModelEntry] = {}
+
+
+def _resolve_yaml(cls: type, config: str | None) -> list[str]:
+    if config is None:
+        return []
+    if os.path.isabs(config):
+        return [config]
+    return [os.path.join(os.path.dirname(inspect.getfile(cls)), config)]
+
+
+def register_model(name: str, kind: str, description: str, config: str | None = None, trainer: type | None = None):
+    """Class decorator: register ``cls`` under ``name`` (hyphens allowed).
+
+    ``config`` is a yaml file next to the class's module with its defaults.
+    The yaml of registered base classes is layered underneath (base first).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].cls}")
+        inherited = []
+        for base in reversed(cls.__mro__[1:]):
+            inherited += getattr(base, "_rkd_own_yaml", [])
+        own = _resolve_yaml(cls, config)
+        cls._rkd_own_yaml = own
+        cls.__name__ = name  # RecBole takes config["model"] from the class name
+        _REGISTRY[name] = ModelEntry(
+            name=name,
+            cls=cls,
+            kind=kind,
+            description=description,
+            config_files=_dedup(inherited + own),
+            trainer=trainer,
+        )
+        return cls
+
+    return deco
+
+
+def _dedup(paths):
+    seen, out = set(), []
+    for p in paths:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def add_entry(entry: ModelEntry) -> ModelEntry:
+    """Register an entry built programmatically (used by resolvers)."""
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def register_resolver(fn: Callable[[str], "ModelEntry | None"], lister: Callable[[], list] | None = None):
+    """Register a function that derives an entry for a name it recognises (or returns None);
+    ``lister`` returns the names it can derive (for ``--list``)."""
+    _RESOLVERS.append((fn, lister))
+    return fn
+
+
+def derived_entries() -> dict[str, ModelEntry]:
+    """Every entry a resolver can derive (built on demand)."""
+    _load_plugins()
+    out = {}
+    for fn, lister in _RESOLVERS:
+        for name in (lister() if lister else []):
+            if name not in _REGISTRY:
+                out[name] = fn(name)
+    return {n: e for n, e in out.items() if e is not None}
+
+
+def registered(kind: str | None = None) -> dict[str, ModelEntry]:
+    _load_plugins()
+    return {n: e for n, e in _REGISTRY.items() if kind is None or e.kind == kind}
+
+
+def _load_plugins():
+    importlib.import_module("recbole_kd.models")
+
+
+# ---- RecBole's stock models ---------------------------------------------------------------------
+_STOCK_SUBMODULES = [
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+]  # exlib_recommender (LightGBM, XGBoost) needs packages RecBole does not install
+
+
+def stock_model_names() -> dict[str, str]:
+    """Names of RecBole's built-in models -> their family (without importing them)."""
+    import recbole
+
+    root = os.path.dirname(recbole.__file__)
+    yaml_names = {
+        f[:-5] for f in os.listdir(os.path.join(root, "properties", "model")) if f.endswith(".yaml")
+    }
+    modules = {}
+    for sub in _STOCK_SUBMODULES:
+        path = os.path.join(root, "model", sub)
+        for info in pkgutil.iter_modules([path]):
+            modules[info.name] = sub
+    out = {}
+    for name in sorted(yaml_names):
+        sub = modules.get(name.lower())
+        if sub is not None:
+            out[name] = sub.replace("_recommender", "").replace("_", "-")
+    return out
+
+
+def _stock_entry(name: str) -> ModelEntry | None:
+    if name in _STOCK_CACHE:
+        return _STOCK_CACHE[name]
+    family = stock_model_names().get(name)
+    if family is None:
+        return None
+    from recbole.utils import get_model as recbole_get_model
+
+    cls = recbole_get_model(name)
+    entry = ModelEntry(name, cls, "baseline", f"RecBole {family} baseline", stock=True)
+    _STOCK_CACHE[name] = entry
+    return entry
+
+
+# ---- lookup --------------------------------------------------------------------------------------
+def get_entry(name: str) -> ModelEntry:
+    _load_plugins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for resolver, _ in _RESOLVERS:
+        entry = resolver(name)
+        if entry is not None:
+            return add_entry(entry)
+    entry = _stock_entry(name)
+    if entry is not None:
+        return entry
+    candidates = list(_REGISTRY) + list(stock_model_names())
+    for _, lister in _RESOLVERS:
+        candidates += lister() if lister else []
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    if not close:
+        lowered = {c.lower(): c for c in candidates}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.5)]
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model {name!r}{hint} (see `python -m recbole_kd --list`)")
+
+
+def get_model(name: str) -> type:
+    """Model class for ``name``: our registry first, then RecBole's models."""
+    return get_entry(name).cls
+
+
+_WRAPPED_TRAINERS: dict[type, type] = {}
+
+
+def get_trainer(model_type, model_name: str) -> type:
+    """Trainer class for a model: the registered one, else RecBole's choice; always with our
+    safe-checkpoint and timing hooks mixed in."""
+    from recbole.utils import get_trainer as recbole_get_trainer
+
+    from recbole_kd.trainer import KDTrainerMixin
+
+    entry = get_entry(model_name)
+    base = entry.trainer or recbole_get_trainer(model_type, model_name)
+    if issubclass(base, KDTrainerMixin):
+        return base
+    if base not in _WRAPPED_TRAINERS:
+        _WRAPPED_TRAINERS[base] = type(base.__name__, (KDTrainerMixin, base), {})
+    return _WRAPPED_TRAINERS[base]
