@@ -24,6 +24,7 @@ from recbole_kd.registry import get_entry  # noqa: E402
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS_YAML = os.path.join(PACKAGE_DIR, "configs", "defaults.yaml")
+STOCK_CE_YAML = os.path.join(PACKAGE_DIR, "configs", "stock_ce.yaml")
 DATASET_YAML_DIR = os.path.join(PACKAGE_DIR, "configs", "datasets")
 
 
@@ -51,9 +52,23 @@ def dataset_yaml(dataset: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+def _stock_uses_ce(name: str) -> bool:
+    import recbole
+    import yaml
+
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return (yaml.safe_load(f) or {}).get("loss_type") == "CE"
+
+
 def config_file_list(model: str, dataset: str, config_files=()) -> list[str]:
     entry = get_entry(model)
-    files = [DEFAULTS_YAML] + list(entry.config_files)
+    files = [DEFAULTS_YAML]
+    if entry.stock and _stock_uses_ce(entry.name):
+        files.append(STOCK_CE_YAML)
+    files += list(entry.config_files)
     ds = dataset_yaml(dataset)
     if ds:
         files.append(ds)

@@ -41,7 +41,8 @@ class WindowedSequentialModel(SequentialRecommender):
         dataset = train_data.dataset
         users, seqs = user_train_sequences(dataset)
         span = cls.window_span(config)
-        stride = config["window_stride"] or max(1, span // 2)
+        # default: windows overlap by one item, so no position is encoded twice per epoch
+        stride = config["window_stride"] or config["MAX_ITEM_LIST_LENGTH"]
         table = build_windows(users, seqs, span=span, stride=stride, causal=cls.causal)
         return WindowDataLoader(config, dataset, table, batch_size=config["train_batch_size"], shuffle=True)
 

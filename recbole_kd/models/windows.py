@@ -77,6 +77,10 @@ def build_windows(users, seqs, span: int, stride: int, causal: bool = True) -> d
     one window: the earliest that contains it (most context), so every training
     interaction except the user's first is a target exactly once per epoch.
     """
+    if causal:
+        # consecutive causal windows must share at least one item, else the target at the
+        # boundary (position 0 of the next window, which has no input) would be lost
+        stride = min(stride, span - 1)
     rows, own_from, row_users = [], [], []
     for u, s in zip(users, seqs):
         n = len(s)

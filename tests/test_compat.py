@@ -1,0 +1,154 @@
+"""Each RecBole 1.2.1 trap on today's stack, handled in recbole_kd/compat.py or checkpoint.py."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import recbole_kd  # noqa: F401  (applies the shims)
+from recbole_kd import compat
+from recbole_kd.checkpoint import CheckpointError, atomic_save, load_checkpoint
+
+
+def test_numpy_aliases_config_builds(workdir):
+    """(a) RecBole's Config.compatibility_settings reads np.float_ (gone in numpy 2)."""
+    from recbole.config import Config
+
+    assert Config.compatibility_settings is compat._compatibility_settings
+    cfg = Config(model="BPR", dataset="ml-100k", config_dict={"state": "WARNING"})
+    assert cfg["model"] == "BPR"
+    # RecBole code relies on these legacy aliases (e.g. np.bool in GAUC, np.float in _fill_nan)
+    assert np.float is np.float64 or np.float is float or np.float.__name__ == "float64"
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="trap only exists on numpy >= 2")
+def test_numpy_trap_is_real_without_shim():
+    code = "import numpy as np; np.float_"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "AttributeError" in proc.stderr
+
+
+def test_pandas_fill_nan_fills_float_and_token(workdir):
+    """(c) Dataset._fill_nan must really fill NaN (pandas >= 3 made RecBole's inplace fillna a no-op)."""
+    from recbole.data.dataset.dataset import Dataset
+    from recbole.utils import FeatureType
+
+    class Stub:
+        logger = __import__("logging").getLogger("stub")
+
+    stub = Stub()
+    stub.feat_name_list = ["inter_feat"]
+    stub.inter_feat = pd.DataFrame({"price": [1.0, np.nan, 3.0], "cat": [1.0, np.nan, 2.0]})
+    stub.field2type = {"price": FeatureType.FLOAT, "cat": FeatureType.TOKEN}
+    Dataset._fill_nan(stub)
+    assert not stub.inter_feat.isna().any().any()
+    assert stub.inter_feat["price"].tolist() == [1.0, 2.0, 3.0]
+    assert stub.inter_feat["cat"].tolist() == [1.0, 0.0, 2.0]
+
+
+@pytest.mark.skipif(int(pd.__version__.split(".")[0]) < 3, reason="trap only exists on pandas >= 3")
+def test_pandas_trap_is_real_without_shim():
+    df = pd.DataFrame({"x": [1.0, np.nan]})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df["x"].fillna(value=0.0, inplace=True)  # what RecBole 1.2.1 does
+    assert df["x"].isna().any()
+
+
+def test_nan_feature_filled_through_recbole_loader(workdir, tmp_path):
+    """End to end: a float feature with a missing value is mean-filled by create_dataset."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    folder = tmp_path / "ds" / "nanfeat"
+    folder.mkdir(parents=True)
+    rows = ["user_id:token\titem_id:token\ttimestamp:float\tprice:float"]
+    for u in range(1, 6):
+        for t in range(5):
+            price = "" if (u, t) == (2, 3) else str(float(t + 1))
+            rows.append(f"{u}\t{t + 1}\t{t}\t{price}")
+    (folder / "nanfeat.inter").write_text("\n".join(rows) + "\n")
+    cfg = Config(
+        model="BPR",
+        dataset="nanfeat",
+        config_dict={"data_path": str(tmp_path / "ds"), "state": "WARNING", "normalize_all": False,
+                     "load_col": {"inter": ["user_id", "item_id", "timestamp", "price"]}},
+    )
+    ds = create_dataset(cfg)
+    price = ds.inter_feat["price"]
+    assert not price.isna().any() and price.iloc[0] == 1.0
+
+
+def test_quick_start_imports_without_ray():
+    """(d) recbole.quick_start imports ray at module import; it must import regardless."""
+    import recbole.quick_start  # noqa: F401
+
+    import ray
+
+    if isinstance(ray, compat._MissingRay):
+        with pytest.raises(ImportError, match="recbole-kd\\[tune\\]"):
+            ray.tune.run
+
+
+def test_ray_stub_installed_when_ray_broken(monkeypatch):
+    """The stand-in is used exactly when importing ray fails."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *a, **k):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'pkg_resources'")
+        return real_import(name, *a, **k)
+
+    saved = {k: v for k, v in sys.modules.items() if k == "ray" or k.startswith("ray.")}
+    for k in saved:
+        monkeypatch.delitem(sys.modules, k)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    monkeypatch.setattr("importlib.import_module", lambda name: broken(name))
+    compat.patch_ray_import()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    assert isinstance(sys.modules["ray"], compat._MissingRay)
+    from ray import tune
+
+    with pytest.raises(ImportError, match="pkg_resources"):
+        tune.run
+    for k in [k for k in sys.modules if k == "ray" or k.startswith("ray.")]:
+        del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def test_checkpoints_load_safely_and_foreign_pickles_refused(tmp_path):
+    """(b) our checkpoints load with weights_only=True; RecBole-style pickles stay refused."""
+    ours = tmp_path / "ours.pth"
+    atomic_save({"format": "recbole-kd-checkpoint", "config": {"model": "X"}, "state_dict": {"w": torch.ones(2)}}, ours)
+    state = load_checkpoint(ours)
+    assert torch.equal(state["state_dict"]["w"], torch.ones(2))
+
+    class Evil:  # an arbitrary object, like RecBole's pickled Config
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"config": Evil(), "state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a recbole-kd checkpoint"):
+        load_checkpoint(foreign)
+    # safe loading is still on for everybody else in the process
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(foreign)
+
+
+def test_trainer_checkpoint_roundtrip_with_safe_loader(workdir, tiny_data):
+    """Trainer.evaluate(load_best_model=True) works on torch >= 2.6 with our checkpoints."""
+    from recbole_kd.quick_start import run
+
+    res = run("BPR", "tiny", overrides={"data_path": tiny_data, "epochs": 1, "show_progress": False, "state": "WARNING"})
+    state = torch.load(res["checkpoint"], weights_only=True)
+    assert state["config"]["model"] == "BPR"
+    assert res["test_result"]["ndcg@10"] >= 0.0
