@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 
 USAGE = """usage: python -m recbole_kd --model=MODEL --dataset=DATASET [--config_files=a.yaml,b.yaml]
-                          [--data_path=DIR] [--result_file=PATH.json] [--key=value ...]
+                          [--data_path=DIR] [--result_file=PATH.json] [--plugins=my_model.py]
+                          [--key=value ...]
        python -m recbole_kd --list
 
 Trains MODEL on DATASET (leave-one-out by time, full ranking), evaluates the best-on-valid
@@ -18,7 +19,7 @@ The embedded default dataset is ml-100k (shipped inside the recbole wheel).
 """
 
 # keys the CLI consumes itself (not passed to RecBole's Config)
-CLI_KEYS = {"model", "dataset", "config_files", "result_file"}
+CLI_KEYS = {"model", "dataset", "config_files", "result_file", "plugins"}
 
 
 class UsageError(Exception):
@@ -75,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     if "help" in flags:
         print(USAGE)
         return 0
+    if options.get("plugins"):
+        from recbole_kd.registry import UnknownModelError, load_plugin_files
+
+        try:
+            load_plugin_files([p for p in options["plugins"].split(",") if p])
+        except UnknownModelError as exc:
+            print(f"recbole-kd: error: {exc}", file=sys.stderr)
+            return 2
     if "list" in flags:
         print(list_models())
         return 0

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_logger, init_seed, set_color  # noqa: E402
 
-from recbole_kd.checkpoint import plain  # noqa: E402
+from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
 
 ESSENTIAL_KEYS = (
@@ -82,8 +82,9 @@ def run(
     """Train ``model`` on ``dataset``, evaluate best-on-valid on test, return a summary dict."""
     config = build_config(model, dataset, config_files, overrides)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
     logger = getLogger()
+    handlers_before = set(logger.handlers)
+    init_logger(config)
     logger.info(sys.argv)
     logger.info(config)
 
@@ -98,6 +99,9 @@ def run(
     logger.info(model_obj)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
+    trainer.checkpoint_meta.update(
+        dataset=config["dataset"], item_vocab=item_vocab_hash(data), n_items=int(data.item_num)
+    )
     t0 = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -129,17 +133,56 @@ def run(
         "config": {k: plain(config[k]) for k in ESSENTIAL_KEYS if k in config},
         "machine": machine_info(),
     }
-    extra = getattr(model_obj, "run_report", None)
-    if callable(extra):
-        result.update(extra())
+    result.update(cost_report(model_obj, test_data, result["checkpoint"]))
     extra = getattr(trainer, "run_report", None)
     if callable(extra):
         result.update(extra())
     if result_file:
         write_json_atomic(result_file, result)
         logger.info(f"result written to {result_file}")
-    _close_file_handlers(logger)
+    _close_file_handlers(logger, keep=handlers_before)
     return result
+
+
+def latency_batch(model, test_data, n_users: int = 256):
+    """A full-sort input for ``n_users`` test users (sequential: their histories; else: user ids)."""
+    from recbole.data.interaction import Interaction
+    from recbole.utils import ModelType
+
+    ds = test_data.dataset
+    if model.type == ModelType.SEQUENTIAL:
+        return ds.inter_feat[: min(n_users, len(ds.inter_feat))]
+    users = torch.unique(ds.inter_feat[ds.uid_field])[:n_users]
+    return Interaction({ds.uid_field: users})
+
+
+@torch.no_grad()
+def measure_latency(model, interaction, reps: int = 5) -> float:
+    """Median seconds of one full-sort scoring pass (all items) for the batch."""
+    model.eval()
+    interaction = interaction.to(next(model.parameters()).device)
+    model.full_sort_predict(interaction)  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        model.full_sort_predict(interaction)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def cost_report(model, test_data, checkpoint: str | None) -> dict:
+    """Parameters, checkpoint size, full-sort latency for 256 users and throughput on this machine."""
+    batch = latency_batch(model, test_data)
+    seconds = measure_latency(model, batch)
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return {
+        "latency_users": len(batch),
+        "latency_seconds": seconds,
+        "throughput_users_per_second": len(batch) / seconds if seconds > 0 else None,
+        "model_state_bytes": state_bytes,
+        "checkpoint_bytes": os.path.getsize(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None,
+    }
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -159,9 +202,10 @@ def write_json_atomic(path: str, obj) -> None:
         raise
 
 
-def _close_file_handlers(logger: logging.Logger) -> None:
-    """RecBole's init_logger adds a file handler per run; close it so runs in one process don't pile up."""
+def _close_file_handlers(logger: logging.Logger, keep=()) -> None:
+    """RecBole's init_logger adds a file handler per run; close ours so runs in one process don't
+    pile up (a nested run, e.g. a teacher trained for a student, leaves the outer one's alone)."""
     for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and handler not in keep:
             handler.close()
             logger.removeHandler(handler)

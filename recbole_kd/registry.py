@@ -116,6 +116,24 @@ def derived_entries() -> dict[str, ModelEntry]:
     return {n: e for n, e in out.items() if e is not None}
 
 
+def load_plugin_files(paths) -> None:
+    """Import user model files (``--plugins=a.py,b.py``) so their ``@register_model`` runs."""
+    import importlib.util
+    import sys
+
+    for path in paths:
+        path = os.path.abspath(path)
+        if not os.path.isfile(path):
+            raise UnknownModelError(f"plugin file {path} does not exist; check --plugins")
+        name = "recbole_kd_plugin_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
 def registered(kind: str | None = None) -> dict[str, ModelEntry]:
     _load_plugins()
     return {n: e for n, e in _REGISTRY.items() if kind is None or e.kind == kind}

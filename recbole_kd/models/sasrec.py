@@ -17,6 +17,7 @@ from torch import nn
 from recbole_kd.models.windows import (
     OWN_FROM_FIELD,
     WINDOW_FIELD,
+    WINDOW_ID_FIELD,
     WindowDataLoader,
     build_windows,
     owned_target_mask,
@@ -26,10 +27,22 @@ from recbole_kd.registry import register_model
 
 
 class WindowedSequentialModel(SequentialRecommender):
-    """Base for sequential models trained on per-user windows (see ``windows.py``)."""
+    """Base for sequential models trained on per-user windows (see ``windows.py``).
+
+    A subclass provides ``item_embedding`` (nn.Embedding over all items) and
+    ``encode(item_seq) -> [B, L, d]`` (causal: position p may only see items 0..p);
+    training, evaluation and distillation hooks come from here.
+    """
 
     input_type = InputType.POINTWISE
     causal = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.loss_type = config["loss_type"]
+        self.num_negatives = config["num_negatives"]
+        if self.loss_type not in ("CE", "sampled"):
+            raise ValueError(f"loss_type must be 'CE' or 'sampled' for {type(self).__name__}, got {self.loss_type!r}")
 
     @classmethod
     def window_span(cls, config) -> int:
@@ -46,6 +59,61 @@ class WindowedSequentialModel(SequentialRecommender):
         table = build_windows(users, seqs, span=span, stride=stride, causal=cls.causal)
         return WindowDataLoader(config, dataset, table, batch_size=config["train_batch_size"], shuffle=True)
 
+    def forward(self, item_seq, item_seq_len):
+        """User representation after ``item_seq`` (RecBole's SequentialRecommender interface)."""
+        out = self.encode(item_seq)
+        return self.gather_indexes(out, item_seq_len - 1)
+
+    # ---- training ---------------------------------------------------------------------------------
+    def window_outputs(self, interaction):
+        """Hidden states at owned positions and their targets: ([M, d], [M], mask [B, L])."""
+        window = interaction[WINDOW_FIELD]
+        inputs, targets = window[:, :-1], window[:, 1:]
+        mask = owned_target_mask(targets, interaction[OWN_FROM_FIELD] - 1)
+        hidden = self.encode(inputs)
+        return hidden[mask], targets[mask], mask
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.item_embedding.weight.t()
+
+    def main_loss(self, hidden, targets, logits=None):
+        if self.loss_type == "CE":
+            return F.cross_entropy(self.item_logits(hidden) if logits is None else logits, targets)
+        return sampled_softmax_loss(hidden, targets, self.item_embedding.weight, self.num_negatives)
+
+    def calculate_loss(self, interaction):
+        hidden, targets, _ = self.window_outputs(interaction)
+        return self.main_loss(hidden, targets)
+
+    # ---- distillation protocol (student side and teacher side) -------------------------------------
+    def kd_rows(self, interaction) -> dict:
+        """Rows the student is trained on in this batch: one per owned window position."""
+        hidden, targets, mask = self.window_outputs(interaction)
+        return {"hidden": hidden, "targets": targets, "keys": ("position", interaction[WINDOW_ID_FIELD], mask)}
+
+    def kd_main_loss(self, interaction, rows, logits):
+        return self.main_loss(rows["hidden"], rows["targets"], logits)
+
+    def position_outputs(self, inputs: torch.Tensor, mask: torch.Tensor):
+        """Teacher side: (hidden [M, d], logits [M, N]) predicting the next item at ``mask`` positions."""
+        hidden = self.encode(inputs)[mask]
+        return hidden, self.item_logits(hidden)
+
+    def user_outputs(self, users: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
+        """Teacher side: (hidden [U, d], logits [U, N]) for users with histories ``item_seq``."""
+        hidden = self.forward(item_seq, item_seq_len)
+        return hidden, self.item_logits(hidden)
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])
+        return (seq_output * test_item_emb).sum(dim=1)
+
+    def full_sort_predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return self.item_logits(seq_output)
+
 
 class FastSASRec(WindowedSequentialModel):
     def __init__(self, config, dataset):
@@ -59,10 +127,6 @@ class FastSASRec(WindowedSequentialModel):
         self.hidden_act = config["hidden_act"]
         self.layer_norm_eps = config["layer_norm_eps"]
         self.initializer_range = config["initializer_range"]
-        self.loss_type = config["loss_type"]
-        self.num_negatives = config["num_negatives"]
-        if self.loss_type not in ("CE", "sampled"):
-            raise ValueError(f"loss_type must be 'CE' or 'sampled' for {type(self).__name__}, got {self.loss_type!r}")
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
@@ -97,42 +161,6 @@ class FastSASRec(WindowedSequentialModel):
         x = self.dropout(self.LayerNorm(x))
         mask = self.get_attention_mask(item_seq)
         return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
-
-    def forward(self, item_seq, item_seq_len):
-        """User representation after ``item_seq`` (RecBole's SASRec interface)."""
-        out = self.encode(item_seq)
-        return self.gather_indexes(out, item_seq_len - 1)
-
-    # ---- training ---------------------------------------------------------------------------------
-    def window_outputs(self, interaction):
-        """Hidden states at owned positions and their targets: ([M, d], [M], mask [B, L])."""
-        window = interaction[WINDOW_FIELD]
-        inputs, targets = window[:, :-1], window[:, 1:]
-        mask = owned_target_mask(targets, interaction[OWN_FROM_FIELD] - 1)
-        hidden = self.encode(inputs)
-        return hidden[mask], targets[mask], mask
-
-    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_embedding.weight.t()
-
-    def main_loss(self, hidden, targets):
-        if self.loss_type == "CE":
-            return F.cross_entropy(self.item_logits(hidden), targets)
-        return sampled_softmax_loss(hidden, targets, self.item_embedding.weight, self.num_negatives)
-
-    def calculate_loss(self, interaction):
-        hidden, targets, _ = self.window_outputs(interaction)
-        return self.main_loss(hidden, targets)
-
-    # ---- evaluation -------------------------------------------------------------------------------
-    def predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])
-        return (seq_output * test_item_emb).sum(dim=1)
-
-    def full_sort_predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return self.item_logits(seq_output)
 
 
 def sampled_softmax_loss(hidden, targets, item_weight, num_negatives: int) -> torch.Tensor:

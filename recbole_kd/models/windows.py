@@ -125,9 +125,12 @@ class WindowDataLoader:
         return math.ceil(self.num_windows / self.batch_size)
 
     def batch(self, index: torch.Tensor) -> Interaction:
+        window = self.table[WINDOW_FIELD][index]
+        # windows are left-aligned: trailing all-padding columns can be dropped exactly
+        used = int((window > 0).any(0).nonzero().max()) + 1 if window.numel() and (window > 0).any() else 1
         return Interaction(
             {
-                WINDOW_FIELD: self.table[WINDOW_FIELD][index],
+                WINDOW_FIELD: window[:, : max(used, 2)],
                 OWN_FROM_FIELD: self.table[OWN_FROM_FIELD][index],
                 WINDOW_ID_FIELD: index,
                 self.uid_field: self.table["user"][index],

@@ -1,0 +1,2 @@
+"""Knowledge distillation: losses (one per file, registered by name), gate, teacher zoo and
+cache, and the distillation trainer."""

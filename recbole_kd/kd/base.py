@@ -1,0 +1,52 @@
+"""What every KD loss receives, and the loss registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class KDInputs:
+    """One row per distilled sample (a window position, or a user-item interaction)."""
+
+    student_logits: torch.Tensor  # [M, N] student scores over all items
+    student_hidden: torch.Tensor  # [M, d_s] student representation
+    teacher_ids: torch.Tensor  # [M, K] teacher's top-K items, best first
+    teacher_scores: torch.Tensor  # [M, K] teacher's scores of those items
+    targets: torch.Tensor  # [M] ground-truth items
+    teacher_hidden: torch.Tensor | None = None  # [M, d_t] (only for losses that need it)
+    modules: nn.ModuleDict = field(default_factory=nn.ModuleDict)
+
+
+@dataclass
+class KDLoss:
+    name: str
+    fn: Callable[..., torch.Tensor]  # (KDInputs, **params) -> per-row loss [M]
+    defaults: dict
+    needs_hidden: bool = False
+    make_module: Callable[[int, int], nn.Module] | None = None  # (d_student, d_teacher) -> module
+    description: str = ""
+
+
+KD_LOSSES: dict[str, KDLoss] = {}
+
+
+def register_kd_loss(name, defaults=None, needs_hidden=False, make_module=None):
+    """Decorator: register a per-row KD loss ``fn(x: KDInputs, **params) -> Tensor[M]``."""
+
+    def deco(fn):
+        KD_LOSSES[name] = KDLoss(name, fn, dict(defaults or {}), needs_hidden, make_module, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def get_kd_loss(name: str) -> KDLoss:
+    from recbole_kd.kd import losses  # noqa: F401  (registers the built-in losses)
+
+    if name not in KD_LOSSES:
+        raise KeyError(f"unknown KD loss {name!r}; available: {', '.join(sorted(KD_LOSSES))}")
+    return KD_LOSSES[name]

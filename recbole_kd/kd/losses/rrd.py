@@ -1,0 +1,20 @@
+import torch
+
+from recbole_kd.kd.base import KDInputs, register_kd_loss
+
+
+@register_kd_loss("rrd", defaults={"num_uninteresting": 100})
+def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
+    """Relaxed ranking distillation (Kang et al., CIKM'20): list-wise likelihood that the
+    student ranks the teacher's top-K in the teacher's order, each above uniformly sampled
+    uninteresting items (items in the top-K are never counted as uninteresting)."""
+    scores = x.student_logits
+    top = scores.gather(1, x.teacher_ids)  # [M, K]
+    sampled = torch.randint(1, scores.size(1), (scores.size(0), num_uninteresting), device=scores.device)
+    unint = scores.gather(1, sampled)
+    clash = (sampled.unsqueeze(2) == x.teacher_ids.unsqueeze(1)).any(2)
+    unint = unint.masked_fill(clash, float("-inf"))
+    lse_unint = torch.logsumexp(unint, dim=1, keepdim=True)  # [M, 1]
+    suffix = torch.logcumsumexp(top.flip(1), dim=1).flip(1)  # logsumexp of top[k:]
+    denom = torch.logaddexp(suffix, lse_unint)
+    return -(top - denom).mean(1)

@@ -1,0 +1,285 @@
+"""Teacher zoo (find, or train once, a frozen teacher) and the teacher-output cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from logging import getLogger
+
+import numpy as np
+import torch
+
+from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, load_checkpoint
+from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
+
+# settings of the student's run that the teacher shares (data and device, never model size)
+SHARED_KEYS = (
+    "data_path",
+    "seed",
+    "reproducibility",
+    "show_progress",
+    "state",
+    "gpu_id",
+    "use_gpu",
+    "MAX_ITEM_LIST_LENGTH",
+    "eval_batch_size",
+    "eval_args",
+    "metrics",
+    "topk",
+    "valid_metric",
+)
+
+
+def teacher_overrides(config) -> dict:
+    """The teacher's run settings: shared data/device keys + the nested ``teacher_config``."""
+    out = {k: config[k] for k in SHARED_KEYS if k in config and config[k] is not None}
+    # RecBole's final data_path already ends in the dataset's folder
+    out["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
+    nested = config["teacher_config"] or {}
+    if not isinstance(nested, dict):
+        raise ValueError(f"teacher_config must be a mapping of settings, got {nested!r}")
+    out.update(nested)
+    return out
+
+
+def zoo_key(teacher: str, dataset: str, overrides: dict) -> str:
+    payload = {k: v for k, v in overrides.items() if k not in ("data_path", "show_progress", "state", "gpu_id", "use_gpu")}
+    digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{teacher}-{dataset}-{digest}"
+
+
+def _freeze(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_teacher(config, dataset):
+    """The frozen teacher for this run: ``teacher_checkpoint`` if given, else the zoo entry for
+    (teacher, dataset, teacher settings), trained first if missing. Returns (model, info)."""
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import run
+    from recbole_kd.registry import get_entry
+
+    logger = getLogger()
+    name = config["teacher"]
+    entry = get_entry(name)  # unknown teacher -> UnknownModelError before anything runs
+    overrides = teacher_overrides(config)
+    info = {"teacher": name}
+    path = config["teacher_checkpoint"]
+    if path:
+        info["teacher_source"] = "checkpoint"
+    else:
+        folder = config["teacher_dir"] or os.path.join(config["checkpoint_dir"], "teachers")
+        key = zoo_key(name, config["dataset"], overrides)
+        path = os.path.join(folder, key + ".pth")
+        if os.path.isfile(path):
+            logger.info(f"teacher zoo: using cached teacher {path}")
+            info["teacher_source"] = "zoo"
+        else:
+            logger.info(f"teacher zoo: no teacher {key} in {folder}; training {name} on {config['dataset']} first")
+            result = run(
+                name,
+                config["dataset"],
+                overrides={**overrides, "checkpoint_dir": folder},
+                saved=True,
+                result_file=os.path.join(folder, key + ".json"),
+            )
+            os.replace(result["checkpoint"], path)
+            info["teacher_source"] = "trained"
+    state = load_checkpoint(path, map_location=config["device"])
+    meta = state.get("meta", {})
+    saved_model = state["config"].get("model")
+    if saved_model != name:
+        raise CheckpointError(
+            f"teacher checkpoint {path} holds model {saved_model!r}, but teacher={name!r}; "
+            "pass --teacher matching the checkpoint or another --teacher_checkpoint"
+        )
+    if state["config"].get("dataset") != config["dataset"]:
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on dataset {state['config'].get('dataset')!r}, not "
+            f"{config['dataset']!r}; use a teacher trained on this dataset"
+        )
+    vocab = item_vocab_hash(dataset)
+    if meta.get("item_vocab") != vocab:
+        raise CheckpointError(
+            f"teacher checkpoint {path} has a different item vocabulary than dataset {config['dataset']!r} "
+            "(other filtering or other data files); re-train the teacher on this data"
+        )
+    arch = _arch_overrides(state["config"])
+    arch["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))  # where the data is now
+    t_config = build_config(name, config["dataset"], overrides=arch)
+    teacher = entry.cls(t_config, dataset).to(config["device"])
+    try:
+        teacher.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"teacher checkpoint {path} does not fit {name} on {config['dataset']} "
+            f"({str(exc).splitlines()[0][:160]}); re-train the teacher"
+        ) from None
+    info["teacher_checkpoint"] = path
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(sidecar):
+        with open(sidecar) as f:
+            saved = json.load(f)
+        info["teacher_test_result"] = saved.get("test_result")
+        info["teacher_best_valid_result"] = saved.get("best_valid_result")
+    return _freeze(teacher), info
+
+
+# keys that define a model's architecture and evaluation input (restored from the checkpoint)
+_ARCH_KEYS = (
+    "n_layers",
+    "n_heads",
+    "hidden_size",
+    "inner_size",
+    "embedding_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "hidden_dropout_prob",
+    "attn_dropout_prob",
+    "initializer_range",
+    "loss_type",
+    "MAX_ITEM_LIST_LENGTH",
+    "mask_ratio",
+    "load_col",
+    "USER_ID_FIELD",
+    "ITEM_ID_FIELD",
+    "TIME_FIELD",
+    "state",
+)
+
+
+def _arch_overrides(saved: dict) -> dict:
+    return {k: saved[k] for k in _ARCH_KEYS if k in saved}
+
+
+def user_histories(dataset, max_len: int):
+    """Users' training histories as left-aligned [U, max_len] (last ``max_len`` items) + lengths,
+    from a plain (non-sequential) RecBole dataset sorted by time."""
+    inter = dataset.inter_feat
+    uids = inter[dataset.uid_field].numpy()
+    items = inter[dataset.iid_field].numpy()
+    order = np.argsort(uids, kind="stable")
+    uids, items = uids[order], items[order]
+    users, starts = np.unique(uids, return_index=True)
+    ends = np.append(starts[1:], len(uids))
+    seqs = np.zeros((len(users), max_len), dtype=np.int64)
+    lens = np.zeros(len(users), dtype=np.int64)
+    for r, (s, e) in enumerate(zip(starts, ends)):
+        part = items[max(s, e - max_len) : e]
+        seqs[r, : len(part)] = part
+        lens[r] = len(part)
+    return torch.from_numpy(users), torch.from_numpy(seqs), torch.from_numpy(lens), (uids, items)
+
+
+class TeacherOutputs:
+    """The teacher's top-K items, their scores and (optionally) hidden states for every row the
+    student trains on. ``cached=True``: computed once for the whole training set; otherwise
+    computed batch by batch (same functions, same results)."""
+
+    def __init__(self, teacher, train_data, topk: int, need_hidden: bool, cached: bool, device, batch_size=256):
+        self.teacher = teacher
+        self.topk = min(int(topk), teacher.n_items - 1)
+        self.need_hidden = need_hidden
+        self.cached = cached
+        self.device = device
+        self.batch_size = batch_size
+        self.mode = "position" if hasattr(train_data, "table") else "user"
+        self.history_mask = None
+        if self.mode == "user":
+            self._prepare_users(train_data.dataset)
+        if cached:
+            self._build_cache(train_data)
+
+    # ---- raw teacher outputs ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _topk(self, hidden, logits, users=None):
+        if users is not None and self.history_mask is not None:
+            logits = logits.masked_fill(self.history_mask[users].to(logits.device), float("-inf"))
+        logits[:, 0] = float("-inf")  # padding id
+        scores, ids = logits.topk(self.topk, dim=1)
+        return ids, scores, (hidden if self.need_hidden else None)
+
+    @torch.no_grad()
+    def position_rows(self, window: torch.Tensor, own_from: torch.Tensor):
+        inputs, targets = window[:, :-1], window[:, 1:]
+        mask = owned_target_mask(targets, own_from - 1)
+        hidden, logits = self.teacher.position_outputs(inputs.to(self.device), mask.to(self.device))
+        return self._topk(hidden, logits)
+
+    def _prepare_users(self, dataset):
+        max_len = getattr(self.teacher, "max_seq_length", 1)
+        users, seqs, lens, (uids, items) = user_histories(dataset, max_len)
+        n_users = dataset.num(dataset.uid_field)
+        self.user_row = torch.full((n_users,), -1, dtype=torch.long)
+        self.user_row[users] = torch.arange(len(users))
+        self.user_seqs, self.user_lens = seqs, lens
+        # mask each user's training items (the student's evaluation masks them as well)
+        mask = torch.zeros((n_users, self.teacher.n_items), dtype=torch.bool)
+        mask[torch.from_numpy(uids), torch.from_numpy(items)] = True
+        self.history_mask = mask
+
+    @torch.no_grad()
+    def user_rows(self, users: torch.Tensor):
+        rows = self.user_row[users.cpu()]
+        seqs = self.user_seqs[rows].to(self.device)
+        lens = self.user_lens[rows].to(self.device)
+        hidden, logits = self.teacher.user_outputs(users.to(self.device), seqs, lens)
+        return self._topk(hidden, logits, users.cpu())
+
+    # ---- cache ------------------------------------------------------------------------------------
+    def _build_cache(self, train_data):
+        parts_ids, parts_scores, parts_hidden = [], [], []
+        if self.mode == "position":
+            table = train_data.table
+            window, own = table[WINDOW_FIELD], table[OWN_FROM_FIELD]
+            counts = owned_target_mask(window[:, 1:], own - 1).sum(1)
+            self.offsets = torch.cumsum(counts, 0) - counts
+            for i in range(0, window.size(0), self.batch_size):
+                ids, scores, hidden = self.position_rows(window[i : i + self.batch_size], own[i : i + self.batch_size])
+                parts_ids.append(ids.cpu())
+                parts_scores.append(scores.cpu())
+                if hidden is not None:
+                    parts_hidden.append(hidden.cpu())
+        else:
+            users = torch.arange(self.user_row.numel())
+            users = users[self.user_row >= 0]
+            self.user_index = torch.full_like(self.user_row, -1)
+            self.user_index[users] = torch.arange(users.numel())
+            for i in range(0, users.numel(), self.batch_size):
+                ids, scores, hidden = self.user_rows(users[i : i + self.batch_size])
+                parts_ids.append(ids.cpu())
+                parts_scores.append(scores.cpu())
+                if hidden is not None:
+                    parts_hidden.append(hidden.cpu())
+        self.ids = torch.cat(parts_ids).to(torch.int32) if parts_ids else torch.zeros((0, self.topk), dtype=torch.int32)
+        self.scores = torch.cat(parts_scores) if parts_scores else torch.zeros((0, self.topk))
+        self.hidden = torch.cat(parts_hidden) if parts_hidden else None
+
+    def nbytes(self) -> int:
+        if not self.cached:
+            return 0
+        total = self.ids.numel() * 4 + self.scores.numel() * 4
+        return total + (self.hidden.numel() * 4 if self.hidden is not None else 0)
+
+    # ---- lookup -----------------------------------------------------------------------------------
+    def rows(self, keys, interaction):
+        """(ids [M, K], scores [M, K], hidden [M, d_t] | None) for the student's rows ``keys``."""
+        kind = keys[0]
+        if not self.cached:
+            if kind == "position":
+                return self.position_rows(interaction[WINDOW_FIELD], interaction[OWN_FROM_FIELD])
+            return self.user_rows(keys[1])
+        if kind == "position":
+            window_ids, mask = keys[1].cpu(), keys[2].cpu()
+            counts = mask.sum(1)
+            starts = self.offsets[window_ids]
+            first = torch.repeat_interleave(starts, counts)
+            within = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            index = first + within
+        else:
+            index = self.user_index[keys[1].cpu()]
+        hidden = self.hidden[index].to(self.device) if self.hidden is not None else None
+        return self.ids[index].long().to(self.device), self.scores[index].to(self.device), hidden

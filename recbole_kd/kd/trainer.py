@@ -1,0 +1,147 @@
+"""Distillation trainer: RecBole's ``Trainer`` with the ``_train_epoch(loss_func=...)`` hook.
+
+Total loss = L_main (the student's own loss on the ground truth) + sum_i lambda_i * L_kd_i;
+RecBole logs each term separately (train_loss1 = main, then one per KD loss in config order).
+The teacher is frozen, in eval() mode, and lives here, not in the student: it is in neither
+the optimizer nor the student's checkpoint.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import torch
+from recbole.utils import init_seed
+from torch import nn
+
+from recbole_kd.kd.base import KDInputs, get_kd_loss
+from recbole_kd.kd.gate import gate_weights, weighted_mean
+from recbole_kd.kd.teacher import TeacherOutputs, load_teacher
+from recbole_kd.trainer import KDTrainer
+
+
+def parse_kd_losses(config):
+    """[(KDLoss, weight, params)] from ``kd_losses: {name: weight}`` + ``kd_loss_params``."""
+    spec = config["kd_losses"] or {}
+    if isinstance(spec, str):
+        spec = {spec: 1.0}
+    if not isinstance(spec, dict):
+        raise ValueError(f"kd_losses must map loss names to weights, e.g. {{soft: 1.0}}; got {spec!r}")
+    all_params = config["kd_loss_params"] or {}
+    out = []
+    for name, weight in spec.items():
+        loss = get_kd_loss(name)
+        params = dict(loss.defaults)
+        params.update(all_params.get(name, {}) or {})
+        unknown = set(params) - set(loss.defaults)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} for KD loss {name!r}; known: {sorted(loss.defaults)}")
+        out.append((loss, float(weight), params))
+    return out
+
+
+def hidden_size(model) -> int:
+    return int(getattr(model, "hidden_size", None) or model.embedding_size)
+
+
+class DistillTrainer(KDTrainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.kd_spec = parse_kd_losses(config)
+        self.kd_topk = config["kd_topk"]
+        self.kd_gate = config["kd_gate"] or "none"
+        self.kd_gate_k = config["kd_gate_k"]
+        self.kd_cache = bool(config["kd_cache"])
+        self.teacher = None
+        self.teacher_info = {}
+        self.teacher_outputs = None
+        self.kd_modules = nn.ModuleDict()
+        self.cache_seconds = 0.0
+
+    # ---- set-up (needs the training data, so it happens when fit starts) ----------------------------
+    def attach_teacher(self, train_data):
+        if self.teacher is not None:
+            return
+        t0 = time.perf_counter()
+        self.teacher, self.teacher_info = load_teacher(self.config, train_data.dataset)
+        need_hidden = any(loss.needs_hidden for loss, _, _ in self.kd_spec)
+        for loss, _, _ in self.kd_spec:
+            if loss.make_module is not None:
+                self.kd_modules[loss.name] = loss.make_module(hidden_size(self.model), hidden_size(self.teacher)).to(
+                    self.device
+                )
+        if len(list(self.kd_modules.parameters())):
+            self.optimizer = self._build_optimizer(
+                params=itertools.chain(self.model.parameters(), self.kd_modules.parameters())
+            )
+        self.teacher_outputs = TeacherOutputs(
+            self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device
+        )
+        self.cache_seconds = time.perf_counter() - t0
+        # the same random stream whether the teacher was loaded or had to be trained first
+        init_seed(self.config["seed"], self.config["reproducibility"])
+        self.logger.info(
+            f"distillation: teacher {self.teacher_info.get('teacher')} ({self.teacher_info.get('teacher_source')}), "
+            f"losses {[(l.name, w) for l, w, _ in self.kd_spec]}, gate {self.kd_gate}, top-K {self.kd_topk}, "
+            f"cache {'on' if self.kd_cache else 'off'} ({self.teacher_outputs.nbytes() / 2**20:.1f} MiB, "
+            f"{self.cache_seconds:.1f}s)"
+        )
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.attach_teacher(train_data)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    # ---- the loss ---------------------------------------------------------------------------------
+    def kd_inputs(self, interaction):
+        rows = self.model.kd_rows(interaction)
+        logits = self.model.item_logits(rows["hidden"])
+        ids, scores, t_hidden = self.teacher_outputs.rows(rows["keys"], interaction)
+        x = KDInputs(
+            student_logits=logits,
+            student_hidden=rows["hidden"],
+            teacher_ids=ids,
+            teacher_scores=scores,
+            targets=rows["targets"],
+            teacher_hidden=t_hidden,
+            modules=self.kd_modules,
+        )
+        return rows, x
+
+    def distillation_loss(self, interaction):
+        rows, x = self.kd_inputs(interaction)
+        main = self.model.kd_main_loss(interaction, rows, x.student_logits)
+        weights = gate_weights(self.kd_gate, x.teacher_ids, x.targets, self.kd_gate_k)
+        terms = [main]
+        for loss, weight, params in self.kd_spec:
+            terms.append(weight * weighted_mean(loss.fn(x, **params), weights))
+        return tuple(terms)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.kd_modules.train()
+        return super()._train_epoch(
+            train_data, epoch_idx, loss_func=loss_func or self.distillation_loss, show_progress=show_progress
+        )
+
+    # ---- checkpoints keep the learned KD helpers (never the teacher) -------------------------------------
+    def checkpoint_state(self, epoch):
+        state = super().checkpoint_state(epoch)
+        state["kd_modules"] = self.kd_modules.state_dict()
+        return state
+
+    def run_report(self) -> dict:
+        from recbole_kd.quick_start import count_parameters
+
+        report = {
+            "kd_losses": {l.name: w for l, w, _ in self.kd_spec},
+            "kd_loss_params": {l.name: p for l, _, p in self.kd_spec},
+            "kd_gate": self.kd_gate,
+            "kd_topk": self.kd_topk,
+            "kd_cache": self.kd_cache,
+            "teacher_cache_bytes": self.teacher_outputs.nbytes() if self.teacher_outputs else 0,
+            "teacher_setup_seconds": self.cache_seconds,
+        }
+        report.update(self.teacher_info)
+        if self.teacher is not None:
+            report["teacher_num_params"] = sum(p.numel() for p in self.teacher.parameters())
+            report["student_num_params"] = count_parameters(self.model)
+        return report

@@ -1,0 +1,116 @@
+"""BERT4Rec trained on per-user windows (Cloze task: masked items predicted from both
+sides), evaluated by RecBole's evaluator by appending a [MASK] after the history.
+Registered as ``BERT4Rec-L`` (a teacher); RecBole's stock ``BERT4Rec`` stays the baseline.
+"""
+from __future__ import annotations
+
+import torch
+from recbole.model.layers import TransformerEncoder
+from torch import nn
+
+from recbole_kd.models.sasrec import WindowedSequentialModel
+from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
+from recbole_kd.registry import register_model
+
+
+class FastBERT4Rec(WindowedSequentialModel):
+    causal = False
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.hidden_size = config["hidden_size"]
+        self.mask_ratio = config["mask_ratio"]
+        self.last_mask_prob = config["last_mask_prob"]
+        self.initializer_range = config["initializer_range"]
+        self.prefix_chunk = config["teacher_prefix_chunk"] or 1024
+        self.mask_token = self.n_items
+        self.item_embedding = nn.Embedding(self.n_items + 1, self.hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
+        self.trm_encoder = TransformerEncoder(
+            n_layers=config["n_layers"],
+            n_heads=config["n_heads"],
+            hidden_size=self.hidden_size,
+            inner_size=config["inner_size"],
+            hidden_dropout_prob=config["hidden_dropout_prob"],
+            attn_dropout_prob=config["attn_dropout_prob"],
+            hidden_act=config["hidden_act"],
+            layer_norm_eps=config["layer_norm_eps"],
+        )
+        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
+        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
+        self.output_bias = nn.Parameter(torch.zeros(self.n_items))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.bias.data.zero_()
+            module.weight.data.fill_(1.0)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def encode(self, item_seq):
+        positions = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
+        x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
+        x = self.dropout(self.LayerNorm(x))
+        mask = self.get_attention_mask(item_seq, bidirectional=True)
+        return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
+
+    def item_logits(self, hidden):
+        return hidden @ self.item_embedding.weight[: self.n_items].t() + self.output_bias
+
+    def _append_mask(self, item_seq, item_seq_len):
+        """History + [MASK]; a full-length history drops its oldest item to make room."""
+        seq = item_seq.clone()
+        full = item_seq_len >= seq.size(1)
+        if full.any():
+            seq[full] = torch.roll(seq[full], shifts=-1, dims=1)
+        pos = torch.where(full, torch.full_like(item_seq_len, seq.size(1) - 1), item_seq_len)
+        seq[torch.arange(seq.size(0), device=seq.device), pos] = self.mask_token
+        return seq, pos
+
+    def forward(self, item_seq, item_seq_len):
+        seq, pos = self._append_mask(item_seq, item_seq_len)
+        return self.gather_indexes(self.encode(seq), pos)
+
+    def window_outputs(self, interaction):
+        window = interaction[WINDOW_FIELD]
+        own = owned_target_mask(window, interaction[OWN_FROM_FIELD])
+        masked = own & (torch.rand(window.shape, device=window.device) < self.mask_ratio)
+        # like evaluation: sometimes mask exactly the last item of the window
+        length = (window > 0).sum(1)
+        last = torch.rand(window.size(0), device=window.device) < self.last_mask_prob
+        rows = torch.arange(window.size(0), device=window.device)
+        last_pos = (length - 1).clamp(min=0)
+        masked[rows[last], last_pos[last]] = own[rows[last], last_pos[last]]
+        # every window with an owned item trains on at least one of them
+        empty = ~masked.any(1) & own.any(1)
+        masked[rows[empty], last_pos[empty]] = True
+        inputs = window.masked_fill(masked, self.mask_token)
+        hidden = self.encode(inputs)[masked]
+        return hidden, window[masked], masked
+
+    def position_outputs(self, inputs, mask):
+        """Next-item scores after each prefix ``inputs[b, :q+1]`` where ``mask[b, q]``: one
+        [MASK]-appended forward per prefix (done once when the teacher cache is built)."""
+        b_idx, q_idx = mask.nonzero(as_tuple=True)
+        hiddens = []
+        L = inputs.size(1)
+        cols = torch.arange(L, device=inputs.device).unsqueeze(0)
+        for start in range(0, b_idx.numel(), self.prefix_chunk):
+            b, q = b_idx[start : start + self.prefix_chunk], q_idx[start : start + self.prefix_chunk]
+            prefix = inputs[b].masked_fill(cols > q.unsqueeze(1), 0)
+            hiddens.append(self.forward(prefix, q + 1))
+        hidden = torch.cat(hiddens) if hiddens else inputs.new_zeros((0, self.hidden_size), dtype=torch.float)
+        return hidden, self.item_logits(hidden)
+
+
+@register_model(
+    "BERT4Rec-L",
+    kind="teacher",
+    config="bert4rec_l.yaml",
+    description="large BERT4Rec teacher (window training, Cloze objective, full softmax)",
+)
+class BERT4RecL(FastBERT4Rec):
+    pass

@@ -1,0 +1,123 @@
+"""The distillation trainer end to end: teacher isolation, cache equality, zoo, CLI."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+FAST_TEACHER = {"epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """One teacher zoo shared by this module's tests (each teacher is trained once)."""
+    return str(tmp_path_factory.mktemp("zoo"))
+
+
+def kd_overrides(tiny_data, zoo, **extra):
+    base = {"data_path": tiny_data, "epochs": 1, "show_progress": False, "state": "WARNING",
+            "teacher_dir": zoo, "teacher_config": FAST_TEACHER}
+    base.update(extra)
+    return base
+
+
+def make_trainer(model, tiny_data, zoo, **extra):
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_entry, get_trainer
+
+    cfg = build_config(model, "tiny", overrides=kd_overrides(tiny_data, zoo, **extra))
+    _, train, valid, test = prepare(cfg)
+    student = get_entry(model).cls(cfg, train.dataset)
+    trainer = get_trainer(cfg["MODEL_TYPE"], model)(cfg, student)
+    trainer.attach_teacher(train)
+    return trainer, train, valid
+
+
+def test_teacher_frozen_outside_optimizer_and_checkpoint(tiny_data, zoo, workdir):
+    trainer, train, valid = make_trainer("KD-SASRec", tiny_data, zoo, kd_losses={"soft": 1.0, "hint": 0.5})
+    teacher = trainer.teacher
+    assert not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    opt_params = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in teacher.parameters()}
+    assert {id(p) for p in trainer.model.parameters()} <= opt_params
+    assert {id(p) for p in trainer.kd_modules.parameters()} <= opt_params  # the hint projection learns
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer.fit(train, valid, saved=True, show_progress=False)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.grad is None for p in teacher.parameters())
+    state = torch.load(trainer.saved_model_file, weights_only=True)
+    assert set(state["state_dict"]) == set(trainer.model.state_dict())
+    assert not any(k.startswith("teacher") for k in state["state_dict"])
+
+
+@pytest.mark.parametrize("model,teacher", [("KD-SASRec", "SASRec-L"), ("KD-SASRec", "BERT4Rec-L"), ("KD-MF", "SASRec-L"), ("KD-MF", "MF-L")])
+def test_cache_gives_same_loss_as_uncached_teacher(model, teacher, tiny_data, zoo, workdir):
+    losses = {"hard": 1.0, "soft": 1.0, "rd": 1.0, "hint": 1.0}
+    cached, train, _ = make_trainer(model, tiny_data, zoo, teacher=teacher, kd_losses=losses, kd_cache=True)
+    plain, _, _ = make_trainer(model, tiny_data, zoo, teacher=teacher, kd_losses=losses, kd_cache=False)
+    plain.model.load_state_dict(cached.model.state_dict())
+    plain.kd_modules.load_state_dict(cached.kd_modules.state_dict())
+    cached.model.eval(), plain.model.eval()
+    batch = next(iter(train))
+    if model == "KD-MF":  # BPR needs its negative items; take them from RecBole's own loader
+        batch = next(iter(train))
+    a = cached.distillation_loss(batch)
+    b = plain.distillation_loss(batch)
+    assert len(a) == 1 + len(losses)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), (float(x), float(y))
+
+
+def test_zoo_reuses_teacher_and_refuses_mismatch(tiny_data, zoo, workdir, tmp_path):
+    from recbole_kd.checkpoint import CheckpointError
+    from tests_helpers import other_dataset
+
+    t1, _, _ = make_trainer("KD-SASRec", tiny_data, zoo)
+    assert t1.teacher_info["teacher_source"] in ("zoo", "trained")
+    t2, _, _ = make_trainer("KD-SASRec", tiny_data, zoo)
+    assert t2.teacher_info["teacher_source"] == "zoo"
+    ckpt = t2.teacher_info["teacher_checkpoint"]
+    # same checkpoint, other item vocabulary -> refused
+    other = other_dataset(tmp_path)
+    with pytest.raises(CheckpointError, match="item vocabulary|dataset"):
+        make_trainer("KD-SASRec", other, zoo, teacher_checkpoint=ckpt)
+    # checkpoint of another model -> refused
+    with pytest.raises(CheckpointError, match="holds model"):
+        make_trainer("KD-SASRec", tiny_data, zoo, teacher="BERT4Rec-L", teacher_checkpoint=ckpt)
+
+
+def test_mismatched_teacher_checkpoint_cli_exit_2(tiny_data, zoo, tmp_path):
+    from tests_helpers import other_dataset
+
+    # a teacher for the tiny dataset ...
+    proc = run_cli("--model=SASRec-L", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=1",
+                   "--show_progress=False", f"--result_file={tmp_path / 't.json'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = json.loads((tmp_path / "t.json").read_text())["checkpoint"]
+    # ... used for another dataset named the same
+    other = other_dataset(tmp_path / "o")
+    proc = run_cli("--model=KD-SASRec", "--dataset=tiny", f"--data_path={other}", "--epochs=1",
+                   f"--teacher_checkpoint={os.path.join(tmp_path, ckpt)}", "--show_progress=False", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("recbole-kd: error")]
+    assert len(lines) == 1 and "item vocabulary" in lines[0]
+
+
+@pytest.mark.parametrize("model", ["KD-SASRec", "KD-MF"])
+def test_cli_one_epoch_on_ml100k(model, zoo, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_cli(f"--model={model}", "--dataset=ml-100k", "--epochs=1", "--show_progress=False",
+                   f"--teacher_dir={zoo}", "--teacher_config={'epochs': 1}", f"--result_file={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["model"] == model and r["teacher"] == "SASRec-L"
+    assert r["teacher_num_params"] > r["student_num_params"]
+    for key in ("latency_seconds", "throughput_users_per_second", "checkpoint_bytes", "model_state_bytes"):
+        assert r[key] > 0, key
+    assert "train_loss2" in proc.stderr + proc.stdout  # the KD term is logged separately

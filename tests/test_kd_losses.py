@@ -1,0 +1,105 @@
+"""Every KD loss: minimal when the student equals the teacher, right gradient sign; the gate."""
+import pytest
+import torch
+from torch import nn
+
+from recbole_kd.kd.base import KDInputs, get_kd_loss
+from recbole_kd.kd.gate import gate_weights, weighted_mean
+from recbole_kd.kd.losses import hard, hint, rd, rrd, soft  # noqa: F401
+
+torch.manual_seed(0)
+M, N, K, D = 6, 40, 8, 5
+
+
+def inputs(student_logits, teacher_logits, hidden_s=None, hidden_t=None, modules=None):
+    scores, ids = teacher_logits.topk(K, dim=1)
+    return KDInputs(
+        student_logits=student_logits,
+        student_hidden=hidden_s if hidden_s is not None else torch.randn(M, D),
+        teacher_ids=ids,
+        teacher_scores=scores,
+        targets=ids[:, 0],
+        teacher_hidden=hidden_t if hidden_t is not None else torch.randn(M, D),
+        modules=modules or nn.ModuleDict(),
+    )
+
+
+def call(name, x):
+    loss = get_kd_loss(name)
+    return loss.fn(x, **loss.defaults)
+
+
+@pytest.mark.parametrize("name", ["hard", "soft", "rd", "rrd"])
+def test_minimal_when_student_equals_teacher(name):
+    """Among all permutations of the teacher's own scores, the teacher's ordering scores best."""
+    teacher = torch.randn(M, N) * 3
+    torch.manual_seed(1)
+    same = call(name, inputs(teacher.clone(), teacher)).mean()
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.stack([torch.randperm(N, generator=g) for _ in range(M)])
+        shuffled = teacher.gather(1, perm)
+        torch.manual_seed(1)
+        other = call(name, inputs(shuffled, teacher)).mean()
+        assert same <= other + 1e-6, (name, float(same), float(other))
+
+
+def test_soft_is_zero_when_equal():
+    teacher = torch.randn(M, N)
+    assert call("soft", inputs(teacher.clone(), teacher)).abs().max() < 1e-5
+
+
+def test_hint_is_zero_when_equal_and_projection_identity():
+    h = torch.randn(M, D)
+    proj = nn.Linear(D, D, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(D))
+    x = inputs(torch.randn(M, N), torch.randn(M, N), hidden_s=h, hidden_t=h.clone(), modules=nn.ModuleDict({"hint": proj}))
+    assert call("hint", x).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("name", ["hard", "soft", "rd", "rrd"])
+def test_gradient_raises_teacher_top_item(name):
+    """Descending the loss raises the student's score of the teacher's top-1 item relative to the rest."""
+    teacher = torch.randn(M, N) * 3
+    student = torch.randn(M, N).requires_grad_(True)
+    x = inputs(student, teacher)
+    torch.manual_seed(2)
+    call(name, x).sum().backward()
+    top1 = x.teacher_ids[:, 0]
+    g_top = student.grad.gather(1, top1.unsqueeze(1)).squeeze(1)
+    outside = torch.ones(M, N, dtype=torch.bool)
+    outside.scatter_(1, x.teacher_ids, False)
+    g_out = (student.grad * outside).sum(1) / outside.sum(1)
+    assert (g_top < g_out).all(), name  # gradient descent raises top-1 more than non-top-K items
+
+
+def test_hint_gradient_moves_towards_teacher():
+    proj = nn.Linear(D, D, bias=False)
+    hs = torch.randn(M, D, requires_grad=True)
+    ht = torch.randn(M, D)
+    x = inputs(torch.randn(M, N), torch.randn(M, N), hidden_s=hs, hidden_t=ht, modules=nn.ModuleDict({"hint": proj}))
+    before = call("hint", x).sum()
+    before.backward()
+    with torch.no_grad():
+        hs2 = hs - 0.1 * hs.grad
+    x.student_hidden = hs2
+    assert call("hint", x).sum() < before
+
+
+def test_gate_excludes_rows_where_teacher_misses():
+    ids = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4], [9, 10, 11, 12]])
+    targets = torch.tensor([6, 30, 12])
+    assert gate_weights("topk", ids, targets, k=2).tolist() == [1.0, 0.0, 0.0]
+    assert gate_weights("topk", ids, targets, k=4).tolist() == [1.0, 0.0, 1.0]
+    w = gate_weights("rank", ids, targets, k=2)
+    assert w[0] == 2 / 3 and w[1] == 2 / 6 and w[2] == 2 / 5
+    assert gate_weights("none", ids, targets, k=2).tolist() == [1.0, 1.0, 1.0]
+    per_row = torch.tensor([1.0, 100.0, 100.0])
+    assert weighted_mean(per_row, gate_weights("topk", ids, targets, k=2)) == 1.0
+    assert weighted_mean(per_row, torch.zeros(3)) == 0.0
+
+
+def test_unknown_loss_name():
+    with pytest.raises(KeyError, match="unknown KD loss 'nope'"):
+        get_kd_loss("nope")
