@@ -1,0 +1,177 @@
+"""Issue 4 benchmark: teacher vs student alone vs distilled students, >= 3 seeds.
+
+Every cell goes through recbole_kd.quick_start.run (the CLI's path), same split and
+evaluator. One teacher (seed 2020) is trained first and passed to every distilled run as
+``teacher_checkpoint``; students vary the seed. Finished cells are stored one JSON each
+in OUT/cells, so an interrupted benchmark resumes where it stopped.
+
+    python benchmarks/kd_benchmark.py --dataset ml-100k
+    python benchmarks/kd_benchmark.py --dataset amazon-beauty-5core --data_path ../shared/datasets \
+        --cells student kd:soft kd:combo --combo "{'soft': 1.0, 'hard': 1.0}"
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+
+from common import RESULTS, mean_std, run_cell, write_outputs
+
+ALL_LOSSES = ["hard", "soft", "rd", "rrd", "hint"]
+DEFAULT_CELLS = ["student"] + [f"kd:{l}" for l in ALL_LOSSES] + ["kd:combo", "mf", "kd-mf"]
+
+
+def cell_spec(cell, args):
+    """(model, overrides) for a cell name."""
+    if cell == "student":
+        return "SASRec-S", {}
+    if cell.startswith("kd:"):
+        loss = cell[3:]
+        losses = ast.literal_eval(args.combo) if loss == "combo" else {loss: 1.0}
+        return "KD-SASRec", {"kd_losses": losses}
+    if cell == "mf":
+        return "MF-S", {}
+    if cell == "kd-mf":
+        return "KD-MF", {"kd_losses": ast.literal_eval(args.mf_losses)}
+    raise SystemExit(f"unknown cell {cell!r}")
+
+
+def parse_sets(pairs):
+    out = {}
+    for p in pairs or []:
+        k, v = p.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--data_path", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
+    ap.add_argument("--cells", nargs="+", default=DEFAULT_CELLS)
+    ap.add_argument("--combo", default="{'soft': 1.0, 'hard': 1.0}")
+    ap.add_argument("--mf_losses", default="{'soft': 1.0}")
+    ap.add_argument("--teacher", default="SASRec-L")
+    ap.add_argument("--teacher_set", nargs="*", help="key=value settings for the teacher run")
+    ap.add_argument("--set", nargs="*", help="key=value settings for every cell (students and teacher)")
+    ap.add_argument("--student_set", nargs="*", help="key=value settings for student cells only")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    out = args.out or os.path.join(RESULTS, f"kd_{args.dataset}")
+    cells_dir = os.path.join(out, "cells")
+    work = os.path.join(out, "work")  # checkpoints and logs (git-ignored)
+    os.makedirs(cells_dir, exist_ok=True)
+    common = parse_sets(args.set)
+    if args.data_path:
+        common["data_path"] = os.path.abspath(args.data_path)
+
+    def cached_run(name, model, **overrides):
+        path = os.path.join(cells_dir, name + ".json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+        print(f"[kd-benchmark] running {name}: {model} {overrides}", flush=True)
+        res = run_cell(model, args.dataset, os.path.join(work, name), **common, **overrides)
+        res["cell"] = name
+        if res.get("checkpoint"):
+            res["checkpoint"] = os.path.relpath(os.path.join(work, name, res["checkpoint"]), out)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        return res
+
+    teacher = cached_run("teacher", args.teacher, seed=2020, **parse_sets(args.teacher_set))
+    teacher_ckpt = os.path.join(out, teacher["checkpoint"])
+    rows = {}
+    for cell in args.cells:
+        model, overrides = cell_spec(cell, args)
+        if model.startswith("KD-"):
+            overrides.update(teacher=args.teacher, teacher_checkpoint=teacher_ckpt)
+        overrides.update(parse_sets(args.student_set))
+        rows[cell] = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, seed=s, **overrides) for s in args.seeds]
+
+    report, summary = render(args, teacher, rows)
+    write_outputs(f"kd_{args.dataset}", {"summary": summary, "teacher": teacher, "cells": rows, "args": vars(args)}, report)
+    print(report)
+
+
+def metric(runs, key):
+    return mean_std([r["test_result"][key] for r in runs])
+
+
+def fmt(ms, digits=4):
+    m, s = ms
+    return "n/a" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def render(args, teacher, rows):
+    t_ndcg = teacher["test_result"]["ndcg@10"]
+    base = rows.get("student")
+    base_ndcg = metric(base, "ndcg@10")[0] if base else None
+    base_epoch = mean_std([r["train_seconds_per_epoch"] for r in base])[0] if base else None
+    mf_ndcg = metric(rows["mf"], "ndcg@10")[0] if "mf" in rows else None
+    lines = [
+        f"# Distillation on {args.dataset} (leave-one-out, full ranking; {len(args.seeds)} seeds: {args.seeds})",
+        "",
+        f"Teacher {args.teacher}: {teacher['num_params']:,} parameters, trained once (seed 2020, "
+        f"{teacher['epochs_run']} epochs, {teacher['train_seconds']:.0f} s); distilled runs use this checkpoint.",
+        "",
+        "| row | model | kd losses | test NDCG@10 | Recall@10 | MRR@10 | params | latency 256 users (ms) | s / epoch | epochs | NDCG vs student alone | NDCG vs teacher |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| teacher | {teacher['model']} | - | {t_ndcg:.4f} | {teacher['test_result']['recall@10']:.4f} | "
+        f"{teacher['test_result']['mrr@10']:.4f} | {teacher['num_params']:,} | {1000 * teacher['latency_seconds']:.1f} | "
+        f"{teacher['train_seconds_per_epoch']:.2f} | {teacher['epochs_run']} | - | 1.00 |",
+    ]
+    summary = {"teacher_ndcg10": t_ndcg, "rows": {}}
+    for cell, runs in rows.items():
+        n = metric(runs, "ndcg@10")
+        ref = mf_ndcg if cell in ("mf", "kd-mf") else base_ndcg
+        vs_student = n[0] / ref if ref else None
+        epoch = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
+        lat = mean_std([r["latency_seconds"] for r in runs])[0]
+        losses = runs[0].get("kd_losses", "-")
+        lines.append(
+            f"| {cell} | {runs[0]['model']} | {losses} | {fmt(n)} | {fmt(metric(runs, 'recall@10'))} | "
+            f"{fmt(metric(runs, 'mrr@10'))} | {runs[0]['num_params']:,} | {1000 * lat:.1f} | {epoch:.2f} | "
+            f"{mean_std([r['epochs_run'] for r in runs])[0]:.0f} | "
+            f"{'-' if vs_student is None else f'{vs_student:.3f}'} | {n[0] / t_ndcg:.3f} |"
+        )
+        summary["rows"][cell] = {
+            "ndcg10_mean": n[0], "ndcg10_std": n[1], "vs_student_alone": vs_student, "vs_teacher": n[0] / t_ndcg,
+            "seconds_per_epoch": epoch, "latency_seconds": lat, "num_params": runs[0]["num_params"],
+        }
+    kd_rows = {c: v for c, v in summary["rows"].items() if c.startswith("kd:")}
+    if kd_rows and base:
+        best = max(kd_rows, key=lambda c: kd_rows[c]["ndcg10_mean"])
+        b = kd_rows[best]
+        summary["best_kd"] = best
+        summary["targets"] = {
+            "kd_vs_student>=1.10": b["vs_student_alone"] >= 1.10,
+            "kd_vs_teacher>=0.95": b["vs_teacher"] >= 0.95,
+            "student_params<=teacher/8": b["num_params"] * 8 <= teacher["num_params"],
+            "teacher_over_student_latency>=8": teacher["latency_seconds"] / b["latency_seconds"] >= 8,
+            "kd_epoch<=1.3x_student_epoch": b["seconds_per_epoch"] <= 1.3 * base_epoch,
+        }
+        summary["ratios"] = {
+            "kd_vs_student_alone": b["vs_student_alone"],
+            "kd_vs_teacher": b["vs_teacher"],
+            "teacher_over_student_params": teacher["num_params"] / b["num_params"],
+            "teacher_over_student_latency": teacher["latency_seconds"] / b["latency_seconds"],
+            "kd_epoch_over_student_epoch": b["seconds_per_epoch"] / base_epoch,
+        }
+        lines += ["", f"Best distilled row: `{best}`."]
+        for k, v in summary["ratios"].items():
+            lines.append(f"- {k}: {v:.3f}")
+        lines += ["", "Targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in summary["targets"].items())]
+    return "\n".join(lines), summary
+
+
+if __name__ == "__main__":
+    main()
