@@ -1,0 +1,48 @@
+"""Sequential engine details: sampled softmax, BERT4Rec's [MASK] at evaluation."""
+import torch
+
+from recbole_kd.models.sasrec import sampled_softmax_loss
+
+
+def test_sampled_softmax_masks_accidental_positives_and_learns():
+    torch.manual_seed(0)
+    items = torch.nn.Parameter(torch.randn(30, 8))
+    hidden = torch.randn(16, 8, requires_grad=True)
+    targets = torch.randint(1, 30, (16,))
+    torch.manual_seed(1)
+    loss = sampled_softmax_loss(hidden, targets, items, num_negatives=100)  # positives surely sampled too
+    torch.manual_seed(1)
+    neg = torch.randint(1, 30, (100,))
+    expected = []
+    for h, t in zip(hidden, targets):
+        negs = neg[neg != t]  # a sampled copy of the positive is not a negative
+        logits = torch.cat([(h * items[t]).sum().view(1), items[negs] @ h])
+        expected.append(-torch.log_softmax(logits, 0)[0])
+    assert (neg.unsqueeze(0) == targets.unsqueeze(1)).any()
+    assert torch.isfinite(loss) and abs(float(loss) - float(torch.stack(expected).mean())) < 1e-4
+    loss.backward()
+    assert hidden.grad is not None
+
+
+def test_sampled_loss_type_trains(tiny_data, workdir):
+    from recbole_kd.quick_start import run
+
+    res = run("SASRec-S", "tiny", overrides={"data_path": tiny_data, "epochs": 1, "show_progress": False,
+                                             "state": "WARNING", "loss_type": "sampled", "num_negatives": 20})
+    assert res["config"]["loss_type"] == "sampled" and 0 <= res["test_result"]["ndcg@10"] <= 1
+
+
+def test_bert4rec_appends_mask_after_history(tiny_data, workdir):
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_model
+
+    cfg = build_config("BERT4Rec-L", "tiny", overrides={"data_path": tiny_data, "state": "WARNING",
+                                                        "MAX_ITEM_LIST_LENGTH": 5, "hidden_size": 16, "inner_size": 32})
+    _, train, _, _ = prepare(cfg)
+    model = get_model("BERT4Rec-L")(cfg, train.dataset)
+    seq = torch.tensor([[3, 4, 0, 0, 0], [1, 2, 3, 4, 5]])
+    out, pos = model._append_mask(seq, torch.tensor([2, 5]))
+    m = model.mask_token
+    assert out.tolist() == [[3, 4, m, 0, 0], [2, 3, 4, 5, m]]
+    assert pos.tolist() == [2, 4]
