@@ -5,57 +5,25 @@ Registered as ``BERT4Rec-L`` (a teacher); RecBole's stock ``BERT4Rec`` stays the
 from __future__ import annotations
 
 import torch
-from recbole.model.layers import TransformerEncoder
 from torch import nn
 
-from recbole_kd.models.sasrec import WindowedSequentialModel
+from recbole_kd.models.sasrec import TransformerSequentialModel
 from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
 from recbole_kd.registry import register_model
 
 
-class FastBERT4Rec(WindowedSequentialModel):
+class FastBERT4Rec(TransformerSequentialModel):
     causal = False
+    bidirectional = True
+    extra_tokens = 1  # the [MASK] token, id n_items
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
         self.mask_ratio = config["mask_ratio"]
         self.last_mask_prob = config["last_mask_prob"]
-        self.initializer_range = config["initializer_range"]
         self.prefix_chunk = config["teacher_prefix_chunk"] or 1024
         self.mask_token = self.n_items
-        self.item_embedding = nn.Embedding(self.n_items + 1, self.hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.trm_encoder = TransformerEncoder(
-            n_layers=config["n_layers"],
-            n_heads=config["n_heads"],
-            hidden_size=self.hidden_size,
-            inner_size=config["inner_size"],
-            hidden_dropout_prob=config["hidden_dropout_prob"],
-            attn_dropout_prob=config["attn_dropout_prob"],
-            hidden_act=config["hidden_act"],
-            layer_norm_eps=config["layer_norm_eps"],
-        )
-        self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
-        self.dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
-    def encode(self, item_seq):
-        positions = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
-        x = self.dropout(self.LayerNorm(x))
-        mask = self.get_attention_mask(item_seq, bidirectional=True)
-        return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
 
     def item_logits(self, hidden):
         return hidden @ self.item_embedding.weight[: self.n_items].t() + self.output_bias

@@ -115,7 +115,12 @@ class WindowedSequentialModel(SequentialRecommender):
         return self.item_logits(seq_output)
 
 
-class FastSASRec(WindowedSequentialModel):
+class TransformerSequentialModel(WindowedSequentialModel):
+    """Item + position embeddings and RecBole's ``TransformerEncoder`` (as in RecBole's SASRec)."""
+
+    bidirectional = False
+    extra_tokens = 0  # e.g. BERT4Rec's [MASK]
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.n_layers = config["n_layers"]
@@ -128,7 +133,7 @@ class FastSASRec(WindowedSequentialModel):
         self.layer_norm_eps = config["layer_norm_eps"]
         self.initializer_range = config["initializer_range"]
 
-        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.item_embedding = nn.Embedding(self.n_items + self.extra_tokens, self.hidden_size, padding_idx=0)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.trm_encoder = TransformerEncoder(
             n_layers=self.n_layers,
@@ -153,14 +158,17 @@ class FastSASRec(WindowedSequentialModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
-    # ---- encoder ----------------------------------------------------------------------------------
     def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """Hidden state at every position [B, L, d] (causal: position p sees items 0..p)."""
+        """Hidden state at every position [B, L, d] (causal unless ``bidirectional``)."""
         positions = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
         x = self.dropout(self.LayerNorm(x))
-        mask = self.get_attention_mask(item_seq)
+        mask = self.get_attention_mask(item_seq, bidirectional=self.bidirectional)
         return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
+
+
+class FastSASRec(TransformerSequentialModel):
+    """SASRec: causal self-attention, next-item loss at every position."""
 
 
 def sampled_softmax_loss(hidden, targets, item_weight, num_negatives: int) -> torch.Tensor:
