@@ -104,3 +104,6 @@ def check_dataset_present(config) -> None:
             f"dataset {dataset!r} not found: searched {os.path.abspath(inter)}; "
             "pass --data_path=DIR where DIR/{0}/{0}.inter exists (e.g. --data_path=../shared/datasets)".format(dataset)
         )
+    from recbole_kd.datasets.validate import validate_dataset
+
+    validate_dataset(config)  # malformed atomic files: one DataValidationError line, not a pandas traceback

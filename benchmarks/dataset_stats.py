@@ -1,0 +1,222 @@
+"""Statistics of every supported dataset as our loader sees them (after RecBole's loading and filtering
+with the dataset yamls in recbole_kd/configs/datasets/), for datasets/README.md.
+
+    python benchmarks/dataset_stats.py --data_path ../shared/datasets --converted_path DIR [--datasets a,b]
+
+DIR holds the converters' output (lastfm-hetrec, mind-small-sub), e.g. made with
+    python -m recbole_kd.datasets convert lastfm --input ../shared/datasets/lastfm-hetrec/raw --output DIR
+    python -m recbole_kd.datasets convert mind --input ../shared/datasets/mind-small-sub/raw --output DIR
+
+Each dataset goes through ``recbole_kd.config.build_config`` (model SASRec-S, so the sequential
+dataset class and the package defaults apply) and ``recbole.data.create_dataset``. Writes
+benchmarks/results/dataset_stats.json and .md (with the command and the machine). Also checks:
+  * cdr-*: in RecBole's time order (stable sort by TIME_FIELD=split) every user's last row is the
+    row the file marks test_original, i.e. leave-one-out tests the published test item;
+  * datasets with rm_dup_inter (ciao): the rows RecBole keeps, in its order, are exactly the file's
+    rows minus later repeats of a (user, item) pair, in file order (its pre-dedup sort moved nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+# name, domain, where (shared: the benchmark folder; converted: the converters' output folder)
+DATASETS = [
+    ("ml-1m", "movies", "shared"),
+    ("amazon-beauty-5core", "e-commerce", "shared"),
+    ("amazon-sports-5core", "e-commerce", "shared"),
+    ("amazon-toys-5core", "e-commerce", "shared"),
+    ("ciao", "social (reviews)", "shared"),
+    ("lastfm-hetrec", "social (music)", "converted"),
+    ("mind-small-sub", "news", "converted"),
+    ("cdr-cloth-sport-cloth", "e-commerce (cross-domain)", "shared"),
+    ("cdr-cloth-sport-sport", "e-commerce (cross-domain)", "shared"),
+    ("cdr-electronic-phone-electronic", "e-commerce (cross-domain)", "shared"),
+    ("cdr-electronic-phone-phone", "e-commerce (cross-domain)", "shared"),
+]
+
+
+def count_rows(path: str) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip()) - 1
+
+
+def _tokens(dataset, field):
+    ids = dataset.inter_feat[field].to_numpy()
+    return dataset.field2id_token[field][ids]
+
+
+def check_cdr_test_rows(dataset) -> dict:
+    import numpy as np
+    import pandas as pd
+
+    time_field = dataset.time_field
+    order = np.argsort(dataset.inter_feat[time_field].to_numpy(), kind="stable")
+    df = pd.DataFrame({"u": dataset.inter_feat[dataset.uid_field].to_numpy()[order],
+                       "s": _tokens(dataset, time_field)[order]})
+    last = df.groupby("u", sort=False).tail(1)
+    ok = int((last["s"] == "test_original").sum())
+    return {"users_whose_last_row_is_the_marked_test_row": ok, "users": int(len(last))}
+
+
+def check_dedup_order(dataset, inter_path: str) -> dict:
+    """RecBole's kept rows (in its order) vs the file minus later repeats (in file order)."""
+    uid, iid = dataset.uid_field, dataset.iid_field
+    with open(inter_path, encoding="utf-8") as f:
+        names = [c.split(":")[0] for c in f.readline().rstrip("\n").split("\t")]
+        ui = (names.index(uid), names.index(iid))
+        seen, expected = set(), []
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            key = (cols[ui[0]], cols[ui[1]])
+            if key not in seen:
+                seen.add(key)
+                expected.append(key)
+    got = list(zip(_tokens(dataset, uid), _tokens(dataset, iid)))
+    return {"rows_in_file_order_after_dropping_repeats": got == expected, "kept": len(got), "expected": len(expected)}
+
+
+def stats_for(name: str, data_path: str, scratch: str) -> dict:
+    from recbole.data import create_dataset
+
+    from recbole_kd.config import build_config
+
+    overrides = {"data_path": data_path, "show_progress": False, "checkpoint_dir": scratch, "save_dataset": False}
+    t0 = time.perf_counter()
+    config = build_config("SASRec-S", name, overrides=overrides)
+    dataset = create_dataset(config)
+    seconds = time.perf_counter() - t0
+    users = dataset.user_num - 1  # id 0 is [PAD]
+    items = dataset.item_num - 1
+    inters = dataset.inter_num
+    inter_path = os.path.join(config["data_path"], f"{name}.inter")
+    row = {
+        "dataset": name,
+        "users": users,
+        "items": items,
+        "interactions": inters,
+        "density": inters / (users * items),
+        "mean_sequence_length": inters / users,
+        "file_rows": count_rows(inter_path),
+        "time_field": config["TIME_FIELD"],
+        "load_seconds": round(seconds, 1),
+        "checks": {},
+    }
+    if name.startswith("cdr-"):
+        row["checks"]["cdr_test_row"] = check_cdr_test_rows(dataset)
+    if config["rm_dup_inter"]:
+        row["checks"]["dedup_order"] = check_dedup_order(dataset, inter_path)
+    return row
+
+
+def machine() -> dict:
+    import platform
+
+    import recbole
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "recbole": recbole.__version__,
+    }
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        "# Dataset statistics (as loaded by recbole-kd)",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()),
+        "",
+        f"Date: {result['date']}",
+        "",
+        "After RecBole's loading and filtering with our dataset yamls (model SASRec-S); "
+        "`file rows` = data lines of the `.inter` file. Mean sequence length = interactions / users.",
+        "",
+        "| dataset | domain | users | items | interactions | density | mean seq. length | file rows | time field | load s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in result["datasets"]:
+        if "error" in r:
+            lines.append(f"| {r['dataset']} | {r['domain']} | error: {r['error']} |||||||")
+            continue
+        lines.append(
+            f"| {r['dataset']} | {r['domain']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
+            f"{r['density']:.4%} | {r['mean_sequence_length']:.2f} | {r['file_rows']:,} | {r['time_field']} | "
+            f"{r['load_seconds']} |"
+        )
+    checks = [(r["dataset"], k, v) for r in result["datasets"] for k, v in r.get("checks", {}).items()]
+    if checks:
+        lines += ["", "Checks:", ""]
+        lines += [f"- {d}: {k}: {json.dumps(v)}" for d, k, v in checks]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_path", required=True, help="the shared benchmark folder (../shared/datasets)")
+    parser.add_argument("--converted_path", help="the converters' output folder (lastfm-hetrec, mind-small-sub)")
+    parser.add_argument("--datasets", help="comma-separated subset (default: all)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for dataset_stats.{json,md}")
+    args = parser.parse_args(argv)
+
+    from recbole_kd.quick_start import write_json_atomic
+
+    wanted = set(args.datasets.split(",")) if args.datasets else None
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rkd-stats-") as scratch:
+        for name, domain, where in DATASETS:
+            if wanted is not None and name not in wanted:
+                continue
+            path = args.data_path if where == "shared" else args.converted_path
+            if not path:
+                rows.append({"dataset": name, "domain": domain, "error": "no --converted_path given"})
+                continue
+            print(f"{name} ...", flush=True)
+            try:
+                row = stats_for(name, path, scratch)
+            except Exception as exc:  # report and go on: one missing dataset should not hide the others
+                rows.append({"dataset": name, "domain": domain, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"  error: {exc}", flush=True)
+                continue
+            row["domain"] = domain
+            rows.append(row)
+            print(f"  {row['users']:,} users, {row['items']:,} items, {row['interactions']:,} interactions "
+                  f"({row['load_seconds']}s) {json.dumps(row['checks']) if row['checks'] else ''}", flush=True)
+    result = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv)),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "datasets": rows,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    write_json_atomic(os.path.join(args.out, "dataset_stats.json"), result)
+    md = os.path.join(args.out, "dataset_stats.md")
+    with open(md + ".tmp", "w") as f:
+        f.write(to_markdown(result))
+    os.replace(md + ".tmp", md)
+    print(f"wrote {os.path.join(args.out, 'dataset_stats.json')} and {md}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
