@@ -77,6 +77,13 @@ class DistillTrainer(KDTrainer):
         self.teacher_outputs = TeacherOutputs(
             self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device
         )
+        n_teacher = sum(p.numel() for p in self.teacher.parameters())
+        n_student = sum(p.numel() for p in self.model.parameters())
+        if n_teacher < n_student:
+            self.logger.warning(
+                f"teacher {self.teacher_info.get('teacher')} has fewer parameters ({n_teacher:,}) than the "
+                f"student ({n_student:,}); distillation usually needs a stronger teacher"
+            )
         self.cache_seconds = time.perf_counter() - t0
         # the same random stream whether the teacher was loaded or had to be trained first
         init_seed(self.config["seed"], self.config["reproducibility"])
