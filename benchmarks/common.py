@@ -83,7 +83,7 @@ def write_outputs(name: str, payload: dict, markdown: str) -> None:
         f.write("\n")
     head = (
         f"Command: `{payload['command']}`  \n"
-        f"Machine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, "
+        f"Machine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, {payload['machine']['torch_threads']} torch threads, "
         f"torch {payload['machine']['torch']} ({payload['machine']['device']}); commit {payload['git_commit']}\n\n"
     )
     with open(os.path.join(RESULTS, name + ".md"), "w") as f:
