@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,6 +21,12 @@ class KDInputs:
     targets: torch.Tensor  # [M] ground-truth items
     teacher_hidden: torch.Tensor | None = None  # [M, d_t] (only for losses that need it)
     modules: nn.ModuleDict = field(default_factory=nn.ModuleDict)
+
+    @cached_property
+    def log_probs(self) -> torch.Tensor:
+        """log_softmax of the student's scores over all items, computed once per batch and
+        shared by the student's own cross-entropy and every KD loss that needs it."""
+        return F.log_softmax(self.student_logits, dim=1)
 
 
 @dataclass

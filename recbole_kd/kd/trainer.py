@@ -116,7 +116,7 @@ class DistillTrainer(KDTrainer):
 
     def distillation_loss(self, interaction):
         rows, x = self.kd_inputs(interaction)
-        main = self.model.kd_main_loss(interaction, rows, x.student_logits)
+        main = self.model.kd_main_loss(interaction, rows, x)
         weights = gate_weights(self.kd_gate, x.teacher_ids, x.targets, self.kd_gate_k)
         terms = [main]
         for loss, weight, params in self.kd_spec:

@@ -20,7 +20,7 @@ class DistillableMF(BPR):
         users = interaction[self.USER_ID]
         return {"hidden": self.user_embedding(users), "targets": interaction[self.ITEM_ID], "keys": ("user", users)}
 
-    def kd_main_loss(self, interaction, rows, logits):
+    def kd_main_loss(self, interaction, rows, x):
         return self.calculate_loss(interaction)
 
     def user_outputs(self, users, item_seq=None, item_seq_len=None):

@@ -91,8 +91,11 @@ class WindowedSequentialModel(SequentialRecommender):
         hidden, targets, mask = self.window_outputs(interaction)
         return {"hidden": hidden, "targets": targets, "keys": ("position", interaction[WINDOW_ID_FIELD], mask)}
 
-    def kd_main_loss(self, interaction, rows, logits):
-        return self.main_loss(rows["hidden"], rows["targets"], logits)
+    def kd_main_loss(self, interaction, rows, x):
+        """The student's own loss inside distillation; ``x`` (KDInputs) shares the log-softmax."""
+        if self.loss_type == "CE":
+            return F.nll_loss(x.log_probs, rows["targets"])
+        return self.main_loss(rows["hidden"], rows["targets"])
 
     def position_outputs(self, inputs: torch.Tensor, mask: torch.Tensor):
         """Teacher side: (hidden [M, d], logits [M, N]) predicting the next item at ``mask`` positions."""

@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from recbole_kd.kd.base import KDInputs, register_kd_loss
 
@@ -12,5 +11,5 @@ def ranking_distillation_loss(x: KDInputs, **params):
     k = x.teacher_ids.size(1)
     w = torch.exp(-torch.arange(k, device=x.teacher_ids.device, dtype=torch.float) / lam)
     w = w / w.sum()
-    log_q = F.log_softmax(x.student_logits, dim=1).gather(1, x.teacher_ids)
+    log_q = x.log_probs.gather(1, x.teacher_ids)
     return -(log_q * w.unsqueeze(0)).sum(1)
