@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--set", nargs="*", help="key=value settings for every cell (students and teacher)")
     ap.add_argument("--student_set", nargs="*", help="key=value settings for student cells only")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--render_only", action="store_true",
+                    help="train nothing: report the cells already stored (rows list their seed count)")
     args = ap.parse_args()
 
     out = args.out or os.path.join(RESULTS, f"kd_{args.dataset}")
@@ -76,6 +78,8 @@ def main():
         if os.path.isfile(path):
             with open(path) as f:
                 return json.load(f)
+        if args.render_only:
+            return None
         print(f"[kd-benchmark] running {name}: {model} {overrides}", flush=True)
         res = run_cell(model, args.dataset, os.path.join(work, name), **common, **overrides)
         res["cell"] = name
@@ -95,7 +99,10 @@ def main():
         if model.startswith("KD-"):
             overrides.update(teacher=args.teacher, teacher_checkpoint=teacher_ckpt)
         overrides.update(parse_sets(args.student_set))
-        rows[cell] = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, seed=s, **overrides) for s in args.seeds]
+        runs = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, seed=s, **overrides) for s in args.seeds]
+        runs = [r for r in runs if r is not None]
+        if runs:
+            rows[cell] = runs
 
     report, summary = render(args, teacher, rows)
     write_outputs(f"kd_{args.dataset}", {"summary": summary, "teacher": teacher, "cells": rows, "args": vars(args)}, report)
@@ -137,8 +144,9 @@ def render(args, teacher, rows):
         epoch = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         lat = mean_std([r["latency_seconds"] for r in runs])[0]
         losses = runs[0].get("kd_losses", "-")
+        seeds = "" if len(runs) == len(args.seeds) else f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
         lines.append(
-            f"| {cell} | {runs[0]['model']} | {losses} | {fmt(n)} | {fmt(metric(runs, 'recall@10'))} | "
+            f"| {cell}{seeds} | {runs[0]['model']} | {losses} | {fmt(n)} | {fmt(metric(runs, 'recall@10'))} | "
             f"{fmt(metric(runs, 'mrr@10'))} | {runs[0]['num_params']:,} | {1000 * lat:.1f} | {epoch:.2f} | "
             f"{mean_std([r['epochs_run'] for r in runs])[0]:.0f} | "
             f"{'-' if vs_student is None else f'{vs_student:.3f}'} | {n[0] / t_ndcg:.3f} |"
@@ -146,6 +154,7 @@ def render(args, teacher, rows):
         summary["rows"][cell] = {
             "ndcg10_mean": n[0], "ndcg10_std": n[1], "vs_student_alone": vs_student, "vs_teacher": n[0] / t_ndcg,
             "seconds_per_epoch": epoch, "latency_seconds": lat, "num_params": runs[0]["num_params"],
+            "seeds": [r["seed"] for r in runs],
         }
     kd_rows = {c: v for c, v in summary["rows"].items() if c.startswith("kd:")}
     if kd_rows and base:
