@@ -105,3 +105,31 @@ def test_eval_split_identical_to_recbole_stock(tiny_data, workdir):
         return out
 
     assert eval_sets("SASRec-S") == eval_sets("SASRec")
+
+
+def test_group_by_length_visits_every_window_once_and_cuts_padding():
+    import torch
+
+    from recbole_kd.models.windows import WindowDataLoader, build_windows
+
+    torch.manual_seed(0)
+    users = list(range(1, 201))
+    seqs = [list(range(1, 2 + (u * 7) % 40)) for u in users]  # lengths 1..40
+    table = build_windows(users, seqs, span=41, stride=40, causal=True)
+
+    class _DS:
+        uid_field = "user_id"
+
+    plain = WindowDataLoader(None, _DS(), table, batch_size=16, shuffle=True)
+    grouped = WindowDataLoader(None, _DS(), table, batch_size=16, shuffle=True, group_by_length=4)
+    for loader in (plain, grouped):
+        seen = torch.cat(loader.batch_order())
+        assert sorted(seen.tolist()) == list(range(loader.num_windows))
+
+    def padding(loader):
+        cells = 0
+        for b in loader:
+            cells += b["window_seq"].numel()
+        return cells
+
+    assert padding(grouped) < 0.8 * padding(plain)

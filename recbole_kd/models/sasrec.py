@@ -57,7 +57,10 @@ class WindowedSequentialModel(SequentialRecommender):
         # default: windows overlap by one item, so no position is encoded twice per epoch
         stride = config["window_stride"] or config["MAX_ITEM_LIST_LENGTH"]
         table = build_windows(users, seqs, span=span, stride=stride, causal=cls.causal)
-        return WindowDataLoader(config, dataset, table, batch_size=config["train_batch_size"], shuffle=True)
+        return WindowDataLoader(
+            config, dataset, table, batch_size=config["train_batch_size"], shuffle=True,
+            group_by_length=config["group_by_length"] or 0,
+        )
 
     def forward(self, item_seq, item_seq_len):
         """User representation after ``item_seq`` (RecBole's SequentialRecommender interface)."""

@@ -107,8 +107,12 @@ class WindowDataLoader:
     """Training loader over a window table; a drop-in for RecBole's train dataloader
     (``len``, iteration over ``Interaction`` batches, ``.dataset``)."""
 
-    def __init__(self, config, dataset, table: dict, batch_size: int, shuffle: bool = True):
+    def __init__(self, config, dataset, table: dict, batch_size: int, shuffle: bool = True, group_by_length: int = 0):
         self.config = config
+        # > 0: shuffle, then sort by length inside chunks of ``group_by_length`` batches and shuffle
+        # the batches (fairseq / HF ``group_by_length``); sparse data (most histories far shorter than
+        # the window) then pays for little padding. 0: plain shuffling.
+        self.group_by_length = int(group_by_length or 0)
         self._dataset = dataset
         self.table = table
         self.batch_size = int(batch_size)
@@ -137,10 +141,28 @@ class WindowDataLoader:
             }
         )
 
+    def lengths(self) -> torch.Tensor:
+        return (self.table[WINDOW_FIELD] > 0).sum(1)
+
+    def batch_order(self) -> list[torch.Tensor]:
+        """The index batches of one epoch (every window exactly once)."""
+        if not self.shuffle:
+            order = torch.arange(self.num_windows)
+            return list(order.split(self.batch_size))
+        order = torch.randperm(self.num_windows)
+        if self.group_by_length <= 0:
+            return list(order.split(self.batch_size))
+        lengths = self.lengths()
+        batches = []
+        for chunk in order.split(self.batch_size * self.group_by_length):
+            # stable sort keeps the random order among windows of equal length
+            chunk = chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices]
+            batches += list(chunk.split(self.batch_size))
+        return [batches[i] for i in torch.randperm(len(batches)).tolist()]
+
     def __iter__(self):
-        order = torch.randperm(self.num_windows) if self.shuffle else torch.arange(self.num_windows)
-        for i in range(0, self.num_windows, self.batch_size):
-            yield self.batch(order[i : i + self.batch_size])
+        for index in self.batch_order():
+            yield self.batch(index)
 
     def num_targets(self) -> int:
         w = self.table[WINDOW_FIELD]
