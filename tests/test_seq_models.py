@@ -1,4 +1,5 @@
 """Sequential engine details: sampled softmax, BERT4Rec's [MASK] at evaluation."""
+import pytest
 import torch
 
 from recbole_kd.models.sasrec import sampled_softmax_loss
@@ -46,3 +47,25 @@ def test_bert4rec_appends_mask_after_history(tiny_data, workdir):
     m = model.mask_token
     assert out.tolist() == [[3, 4, m, 0, 0], [2, 3, 4, 5, m]]
     assert pos.tolist() == [2, 4]
+
+
+@pytest.mark.parametrize("name", ["SASRec-S", "BERT4Rec-L"])
+def test_length_sorted_inference_equals_one_padded_pass(name, tmp_path):
+    """forward() encodes length-sorted chunks with trailing padding cut; same numbers as one pass."""
+    import torch
+
+    from conftest import write_tiny_dataset
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_entry
+
+    data = write_tiny_dataset(tmp_path, n_users=300, min_len=3, max_len=60)
+    cfg = build_config(name, "tiny", overrides={"data_path": data, "state": "WARNING", "MAX_ITEM_LIST_LENGTH": 50})
+    _, train, _, test = prepare(cfg)
+    model = get_entry(name).cls(cfg, train.dataset).eval()
+    model.inference_chunk = 64
+    inter = test.dataset.inter_feat
+    seq, lens = inter[model.ITEM_SEQ], inter[model.ITEM_SEQ_LEN]
+    assert int(lens.max()) == seq.size(1) and int(lens.min()) < 10  # full and short histories
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward(seq, lens), model.last_hidden(seq, lens), rtol=1e-5, atol=1e-5)

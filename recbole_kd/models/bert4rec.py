@@ -38,7 +38,7 @@ class FastBERT4Rec(TransformerSequentialModel):
         seq[torch.arange(seq.size(0), device=seq.device), pos] = self.mask_token
         return seq, pos
 
-    def forward(self, item_seq, item_seq_len):
+    def last_hidden(self, item_seq, item_seq_len):
         seq, pos = self._append_mask(item_seq, item_seq_len)
         return self.gather_indexes(self.encode(seq), pos)
 
@@ -63,13 +63,17 @@ class FastBERT4Rec(TransformerSequentialModel):
         """Next-item scores after each prefix ``inputs[b, :q+1]`` where ``mask[b, q]``: one
         [MASK]-appended forward per prefix (done once when the teacher cache is built)."""
         b_idx, q_idx = mask.nonzero(as_tuple=True)
+        if inputs.size(1) < self.max_seq_length:
+            # a trimmed batch: one free column, so a prefix as wide as the batch is not taken for a
+            # full-length history (which would drop its oldest item to make room for [MASK])
+            inputs = torch.nn.functional.pad(inputs, (0, 1))
         hiddens = []
         L = inputs.size(1)
         cols = torch.arange(L, device=inputs.device).unsqueeze(0)
         for start in range(0, b_idx.numel(), self.prefix_chunk):
             b, q = b_idx[start : start + self.prefix_chunk], q_idx[start : start + self.prefix_chunk]
             prefix = inputs[b].masked_fill(cols > q.unsqueeze(1), 0)
-            hiddens.append(self.forward(prefix, q + 1))
+            hiddens.append(self.last_hidden(prefix, q + 1))  # full width: cached == uncached, bit for bit
         hidden = torch.cat(hiddens) if hiddens else inputs.new_zeros((0, self.hidden_size), dtype=torch.float)
         return hidden, self.item_logits(hidden)
 

@@ -62,10 +62,31 @@ class WindowedSequentialModel(SequentialRecommender):
             group_by_length=config["group_by_length"] or 0,
         )
 
+    inference_chunk = 256  # users per length-sorted chunk in ``forward``
+
     def forward(self, item_seq, item_seq_len):
-        """User representation after ``item_seq`` (RecBole's SequentialRecommender interface)."""
-        out = self.encode(item_seq)
-        return self.gather_indexes(out, item_seq_len - 1)
+        """User representation after ``item_seq`` (RecBole's SequentialRecommender interface).
+
+        Histories are left-aligned, so trailing padding can be cut exactly: users are sorted by
+        length and encoded in chunks no wider than their longest history (the same result as one
+        padded pass; on sparse data most of a padded pass is padding)."""
+        extra = getattr(self, "extra_tokens", 0)
+        if item_seq.size(0) <= self.inference_chunk:
+            width = min(item_seq.size(1), max(int(item_seq_len.max()) + extra, 1)) if item_seq.numel() else 1
+            return self.last_hidden(item_seq[:, :width], item_seq_len)
+        out = None
+        for idx in torch.argsort(item_seq_len).split(self.inference_chunk):
+            lens = item_seq_len[idx]
+            width = min(item_seq.size(1), max(int(lens.max()) + extra, 1))
+            hidden = self.last_hidden(item_seq[idx, :width], lens)
+            if out is None:
+                out = hidden.new_empty(item_seq.size(0), hidden.size(1))
+            out[idx] = hidden
+        return out
+
+    def last_hidden(self, item_seq, item_seq_len):
+        """Hidden state after each user's last item ([B, d]), one padded pass."""
+        return self.gather_indexes(self.encode(item_seq), item_seq_len - 1)
 
     # ---- training ---------------------------------------------------------------------------------
     def window_outputs(self, interaction):
@@ -107,7 +128,7 @@ class WindowedSequentialModel(SequentialRecommender):
 
     def user_outputs(self, users: torch.Tensor, item_seq: torch.Tensor, item_seq_len: torch.Tensor):
         """Teacher side: (hidden [U, d], logits [U, N]) for users with histories ``item_seq``."""
-        hidden = self.forward(item_seq, item_seq_len)
+        hidden = self.last_hidden(item_seq, item_seq_len)  # full width: cached == uncached, bit for bit
         return hidden, self.item_logits(hidden)
 
     # ---- evaluation -------------------------------------------------------------------------------
