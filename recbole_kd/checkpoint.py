@@ -28,16 +28,22 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message says what, which file and what to do."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (read-only folder, disk full); the previous one is kept."""
+
+
 def plain(value: Any) -> Any:
     """Convert a config value into plain Python data (safe for weights_only loading and JSON)."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):  # before ``float``: np.float64 subclasses it
+        return float(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, enum.Enum):
         return value.name
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -65,20 +71,69 @@ def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` atomically: a crash never leaves a truncated file there."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and _is_write_failure(exc)):
+            kept = "the previous checkpoint there is kept" if os.path.exists(path) else "nothing was written"
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:120]
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {reason}; {kept}; free disk space or choose a writable "
+                "--checkpoint_dir"
+            ) from None
         raise
+
+
+def _is_write_failure(exc: RuntimeError) -> bool:
+    # torch.save reports some I/O failures as RuntimeError ("... file write failed")
+    text = str(exc).lower()
+    return "write" in text and ("fail" in text or "space" in text)
+
+
+# ---- random-number state (for exact resume) --------------------------------------------------------
+def rng_state(generators=()) -> dict:
+    """Python, numpy, torch (and CUDA) random states, plus extra ``torch.Generator`` s, as plain data
+    and tensors (loadable with ``weights_only=True``)."""
+    import random
+
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "generators": [g.get_state() for g in generators],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators=()) -> None:
+    import random
+
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(generators, state.get("generators", [])):
+        g.set_state(s)
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = None) -> dict:

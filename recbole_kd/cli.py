@@ -9,12 +9,15 @@ import sys
 
 USAGE = """usage: python -m recbole_kd --model=MODEL --dataset=DATASET [--config_files=a.yaml,b.yaml]
                           [--data_path=DIR] [--result_file=PATH.json] [--plugins=my_model.py]
-                          [--key=value ...]
+                          [--checkpoint_dir=DIR] [--resume] [--strict] [--key=value ...]
        python -m recbole_kd --list
 
 Trains MODEL on DATASET (leave-one-out by time, full ranking), evaluates the best-on-valid
 checkpoint on test and prints RecBole's `best valid` and `test result` lines.
 Any RecBole or recbole-kd setting can be given as --key=value (highest priority).
+--resume continues the run with the same settings in --checkpoint_dir from its last finished
+epoch (after a crash or kill); --strict refuses unknown settings instead of warning.
+Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training failed (NaN loss).
 The embedded default dataset is ml-100k (shipped inside the recbole wheel).
 """
 
@@ -34,6 +37,8 @@ def parse_args(argv: list[str]) -> tuple[dict, dict, set]:
             flags.add("help")
         elif arg in ("-l", "--list"):
             flags.add("list")
+        elif arg in ("--resume", "--strict"):
+            overrides[arg[2:]] = True
         elif arg.startswith("--") and "=" in arg:
             key, value = arg[2:].split("=", 1)
             if not key:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recbole-kd: error: missing --{' and --'.join(missing)} (see --help)", file=sys.stderr)
         return 2
 
-    from recbole_kd.errors import USER_ERRORS
+    from recbole_kd.errors import USER_ERRORS, TrainingError
     from recbole_kd.quick_start import run
 
     config_files = [f for f in options.get("config_files", "").split(",") if f]
@@ -107,4 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"recbole-kd: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:
+        print(f"recbole-kd: error: {exc}", file=sys.stderr)
+        return 3
     return 0

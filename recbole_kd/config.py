@@ -88,8 +88,33 @@ def build_config(model: str, dataset: str, config_files=(), overrides: dict | No
             config = Config(model=entry.cls, dataset=dataset, config_file_list=files, config_dict=dict(overrides or {}))
         except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
             raise ConfigError(f"invalid configuration for {model} on {dataset}: {exc}") from None
+    check_user_settings(config, config_files, overrides)
     check_dataset_present(config)
     return config
+
+
+def check_user_settings(config, config_files=(), overrides=None) -> None:
+    """Unknown keys the user set (warning, or error with ``strict``) and invalid values (error)."""
+    import yaml
+
+    from recbole_kd.settings_check import check_unknown_keys, check_values
+
+    user_keys = set(overrides or {})
+    for path in config_files or ():
+        with open(path) as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings (key: value)")
+        user_keys |= set(data)
+    strict = bool(config["strict"])
+    check_unknown_keys(user_keys, strict)
+    nested = config["teacher_config"] if "teacher_config" in config else None
+    if isinstance(nested, dict):
+        check_unknown_keys(nested, strict, where=" in teacher_config")
+    check_values(config)
 
 
 def check_dataset_present(config) -> None:

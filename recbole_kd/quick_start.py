@@ -102,10 +102,15 @@ def run(
     trainer.checkpoint_meta.update(
         dataset=config["dataset"], item_vocab=item_vocab_hash(data), n_items=int(data.item_num)
     )
+    if config["resume"]:
+        trainer.prepare_resume(config["resume"])
     t0 = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
+    if trainer.resume_finished:
+        best_valid_score, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
+    else:
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
     train_seconds = time.perf_counter() - t0
     t1 = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
@@ -130,6 +135,7 @@ def run(
         "eval_seconds": eval_seconds,
         "data_seconds": data_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
+        "resumed_from": trainer.resumed_from,
         "config": {k: plain(config[k]) for k in ESSENTIAL_KEYS if k in config},
         "machine": machine_info(),
     }

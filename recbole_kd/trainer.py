@@ -2,16 +2,61 @@
 
 They override RecBole ``Trainer`` hooks only (``_train_epoch``,
 ``_save_checkpoint``, ``resume_checkpoint``, ``evaluate``); ``fit`` stays
-RecBole's.
+RecBole's (wrapped: the final training state is saved after it returns).
+
+Every epoch starts by writing ``<model>-<dataset>-<run key>-last.pth`` (weights, optimizer,
+early-stopping state, random states, epoch counter; atomically), so ``--resume`` continues a
+killed run exactly where its last finished epoch left it.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
+import itertools
+import json
+import os
 import time
 
+import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
-from recbole_kd.checkpoint import FORMAT, FORMAT_VERSION, atomic_save, load_checkpoint, plain_config
+from recbole_kd.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    plain,
+    plain_config,
+    rng_state,
+    set_rng_state,
+)
+
+
+class TrainingError(Exception):
+    """Training cannot go on (e.g. a NaN loss); the CLI prints it as one line and exits with status 3."""
+
+
+# settings that do not change what a run computes: a run resumed with other values of these is the
+# same run (``epochs`` included, so a finished or interrupted run can be extended)
+VOLATILE_KEYS = frozenset(
+    {
+        "checkpoint_dir", "data_path", "show_progress", "resume", "strict", "epochs", "device", "gpu_id",
+        "use_gpu", "state", "worker", "eval_batch_size", "local_rank", "nproc", "world_size", "ip", "port",
+        "offset", "single_spec", "log_wandb", "wandb_project", "teacher_dir", "config_files",
+    }
+)
+
+
+def run_settings(config_dict: dict) -> dict:
+    return {k: v for k, v in config_dict.items() if k not in VOLATILE_KEYS}
+
+
+def run_key(config) -> str:
+    """A short fingerprint of everything that defines a run (model, data, seed, hyper-parameters)."""
+    payload = json.dumps(run_settings(plain_config(config)), sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
 class KDTrainerMixin:
@@ -21,13 +66,66 @@ class KDTrainerMixin:
         super().__init__(config, model)
         self.epoch_seconds: list[float] = []
         self.checkpoint_meta: dict = {}
+        self.run_key = run_key(config)
+        self.last_checkpoint_file = os.path.join(
+            self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{self.run_key}-last.pth"
+        )
+        self.resumed_from: str | None = None
+        self.resume_finished = False
+        self._pending_resume: dict | None = None
+        self._saving = True
+        self._epochs_this_process = 0
+        self._next_epoch = 0
 
-    # ---- timing ---------------------------------------------------------------------------------
+    # ---- one epoch: resume state, last checkpoint, NaN guard, timing ----------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if self._pending_resume is not None:
+            self._apply_resume_state(train_data)
+        elif self._epochs_this_process > 0 and self._saving:
+            self._save_last(train_data, next_epoch=epoch_idx)
         start = time.perf_counter()
-        out = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        guarded = self._finite_loss(loss_func or self.model.calculate_loss, epoch_idx)
+        out = super()._train_epoch(train_data, epoch_idx, loss_func=guarded, show_progress=show_progress)
         self.epoch_seconds.append(time.perf_counter() - start)
+        self._epochs_this_process += 1
+        self._next_epoch = epoch_idx + 1
         return out
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._saving = saved
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if saved:
+            self._save_last(train_data, next_epoch=self._next_epoch, finished=True)
+        return result
+
+    def loss_term_names(self) -> list[str]:
+        """Names of the terms the loss function returns (for error messages)."""
+        return ["loss"]
+
+    def _finite_loss(self, loss_func, epoch_idx):
+        names = self.loss_term_names()
+        counter = itertools.count()
+
+        def guarded(interaction):
+            batch = next(counter)
+            out = loss_func(interaction)
+            for i, term in enumerate(out if isinstance(out, tuple) else (out,)):
+                if not bool(torch.isfinite(term.detach()).all()):
+                    name = names[i] if i < len(names) else f"term {i}"
+                    raise TrainingError(
+                        f"training loss ({name}) is {float(term.detach().float().sum())} at epoch {epoch_idx}, "
+                        f"batch {batch}; training stopped, {self._kept_checkpoints()}; lower learning_rate "
+                        "or check the data, then start again or --resume"
+                    )
+            return out
+
+        return guarded
+
+    def _kept_checkpoints(self) -> str:
+        kept = [f for f in (self.last_checkpoint_file, self.saved_model_file) if os.path.isfile(f)]
+        if not kept:
+            return "no checkpoint had been written yet"
+        return "the last good checkpoints are kept: " + ", ".join(kept)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def checkpoint_state(self, epoch: int) -> dict:
@@ -48,6 +146,8 @@ class KDTrainerMixin:
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
+        if epoch == -1 and self.resumed_from:
+            return  # RecBole's fit saves the current weights as "best" when no epoch is left; keep the real best
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         atomic_save(self.checkpoint_state(epoch), saved_model_file)
         if verbose:
@@ -55,12 +155,126 @@ class KDTrainerMixin:
 
     def _load_model_state(self, checkpoint_file):
         checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, expect_model=self.config["model"])
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self._load_state_into_model(checkpoint, checkpoint_file)
         return checkpoint
 
+    # ---- resume (``--resume``) -------------------------------------------------------------------
+    @staticmethod
+    def _generators(train_data) -> list:
+        g = getattr(train_data, "generator", None)
+        return [g] if isinstance(g, torch.Generator) else []
+
+    def _save_last(self, train_data, next_epoch: int, finished: bool = False) -> None:
+        """Everything needed to continue exactly here: weights, optimizer, early-stopping state,
+        random states, epoch counter (written atomically to ``last_checkpoint_file``)."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = self.checkpoint_state(next_epoch - 1)
+        state.update(
+            kind="last",
+            finished=bool(finished),
+            next_epoch=int(next_epoch),
+            run_key=self.run_key,
+            best_valid_result=plain(dict(self.best_valid_result)) if self.best_valid_result else None,
+            best_model_file=self.saved_model_file,
+            epoch_seconds=[float(x) for x in self.epoch_seconds],
+            rng=rng_state(self._generators(train_data)),
+        )
+        atomic_save(state, self.last_checkpoint_file)
+
+    def prepare_resume(self, mode) -> bool:
+        """Load the last checkpoint of this run (``mode``: True, ``"auto"`` = only if there is one, or a
+        path). Weights and counters now; optimizer and random states when training restarts."""
+        auto = mode == "auto"
+        path = mode if isinstance(mode, str) and not auto else self.last_checkpoint_file
+        if not os.path.isfile(path):
+            if auto:
+                return False
+            raise CheckpointError(
+                f"--resume: no checkpoint to resume in {self.checkpoint_dir} (looked for {os.path.basename(path)})"
+                f"{self._other_runs_hint()}; run without --resume to start fresh, or give the same "
+                "--checkpoint_dir and settings as the interrupted run"
+            )
+        state = load_checkpoint(path, map_location=self.device, expect_model=self.config["model"])
+        if state.get("kind") != "last":
+            raise CheckpointError(
+                f"{path} holds best-model weights only, not a resumable training state; resume from the "
+                "run's *-last.pth file"
+            )
+        meta = state.get("meta", {})
+        if meta.get("dataset") != self.config["dataset"] or (
+            self.checkpoint_meta.get("item_vocab") and meta.get("item_vocab") != self.checkpoint_meta["item_vocab"]
+        ):
+            raise CheckpointError(
+                f"{path} was trained on dataset {meta.get('dataset')!r} with another item vocabulary than "
+                f"{self.config['dataset']!r} here; resume it on its own data or start fresh"
+            )
+        if state.get("run_key") != self.run_key:
+            diff = _differing(run_settings(state["config"]), run_settings(plain_config(self.config)))
+            raise CheckpointError(
+                f"{path} belongs to a run with other settings (differs in: {', '.join(diff) or 'unknown'}); "
+                "resume with the same settings or start fresh"
+            )
+        if state["best_model_file"] and state["best_valid_result"] is not None and not os.path.isfile(state["best_model_file"]):
+            raise CheckpointError(
+                f"{path} refers to its best-model file {state['best_model_file']}, which is missing; "
+                "restore it or start fresh"
+            )
+        self._load_state_into_model(state, path)
+        self.start_epoch = int(state["next_epoch"])
+        self._next_epoch = self.start_epoch
+        self.cur_step = int(state["cur_step"])
+        self.best_valid_score = float(state["best_valid_score"])
+        self.best_valid_result = state["best_valid_result"]
+        self.saved_model_file = state["best_model_file"]
+        self.epoch_seconds = list(state["epoch_seconds"])
+        self.resume_finished = bool(state["finished"])
+        self._pending_resume = None if self.resume_finished else state
+        self.resumed_from = path
+        if self.resume_finished:
+            self.logger.info(f"resume: {path} is a finished run; evaluating its best checkpoint")
+        else:
+            self.logger.info(f"resume: continuing from {path} at epoch {self.start_epoch}")
+        return True
+
+    def _apply_resume_state(self, train_data) -> None:
+        state, self._pending_resume = self._pending_resume, None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_extra_state(state)
+        set_rng_state(state["rng"], self._generators(train_data))
+
+    def load_extra_state(self, state: dict) -> None:
+        """Subclasses restore what they added in ``checkpoint_state``."""
+
+    def _other_runs_hint(self) -> str:
+        pattern = os.path.join(self.checkpoint_dir, f"{self.config['model']}-{self.config['dataset']}-*-last.pth")
+        others = sorted(glob.glob(pattern), key=os.path.getmtime)
+        if not others:
+            return ""
+        try:
+            saved = load_checkpoint(others[-1])["config"]
+        except CheckpointError:
+            return f"; found {os.path.basename(others[-1])}, which is unreadable"
+        diff = _differing(run_settings(saved), run_settings(plain_config(self.config)))
+        return f"; found {os.path.basename(others[-1])} from a run with other settings (differs in: {', '.join(diff)})"
+
+    def _load_state_into_model(self, state, path):
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit {self.config['model']} here ({str(exc).splitlines()[0][:160]}); "
+                "use the settings it was trained with"
+            ) from None
+        self.model.load_other_parameter(state.get("other_parameter"))
+
     def resume_checkpoint(self, resume_file):
+        """RecBole's API: a ``*-last.pth`` file resumes exactly (see ``prepare_resume``); a best-model
+        checkpoint restarts from its weights and optimizer, as RecBole does."""
         resume_file = str(resume_file)
+        if load_checkpoint(resume_file).get("kind") == "last":
+            self.prepare_resume(resume_file)
+            return
         self.saved_model_file = resume_file
         checkpoint = self._load_model_state(resume_file)
         self.start_epoch = checkpoint["epoch"] + 1
@@ -81,3 +295,7 @@ class KDTrainerMixin:
 
 class KDTrainer(KDTrainerMixin, Trainer):
     """RecBole's ``Trainer`` with our hooks; base class for our own trainers."""
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

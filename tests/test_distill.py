@@ -70,7 +70,7 @@ def test_cache_gives_same_loss_as_uncached_teacher(model, teacher, tiny_data, zo
     b = plain.distillation_loss(batch)
     assert len(a) == 1 + len(losses)
     for x, y in zip(a, b):
-        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), (float(x), float(y))
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), [(float(p), float(q)) for p, q in zip(a, b)]
 
 
 def test_zoo_reuses_teacher_and_refuses_mismatch(tiny_data, zoo, workdir, tmp_path):

@@ -55,9 +55,21 @@ def _freeze(model):
     return model
 
 
-def load_teacher(config, dataset):
+def check_teacher_size(config, name: str, n_teacher: int, student_params: int | None) -> None:
+    """Refuse a teacher with fewer parameters than the student (before any teacher training)."""
+    from recbole_kd.config import ConfigError
+
+    if student_params and n_teacher < student_params and not config["kd_allow_smaller_teacher"]:
+        raise ConfigError(
+            f"teacher {name} has fewer parameters ({n_teacher:,}) than the student ({student_params:,}); "
+            "choose a larger teacher (teacher_config) or set kd_allow_smaller_teacher=True"
+        )
+
+
+def load_teacher(config, dataset, student_params: int | None = None):
     """The frozen teacher for this run: ``teacher_checkpoint`` if given, else the zoo entry for
-    (teacher, dataset, teacher settings), trained first if missing. Returns (model, info)."""
+    (teacher, dataset, teacher settings), trained first if missing (an interrupted teacher run is
+    resumed). A teacher smaller than ``student_params`` is refused. Returns (model, info)."""
     from recbole_kd.config import build_config
     from recbole_kd.quick_start import run
     from recbole_kd.registry import get_entry
@@ -78,11 +90,14 @@ def load_teacher(config, dataset):
             logger.info(f"teacher zoo: using cached teacher {path}")
             info["teacher_source"] = "zoo"
         else:
+            t_config = build_config(name, config["dataset"], overrides=overrides)
+            n_teacher = sum(p.numel() for p in entry.cls(t_config, dataset).parameters())
+            check_teacher_size(config, name, n_teacher, student_params)
             logger.info(f"teacher zoo: no teacher {key} in {folder}; training {name} on {config['dataset']} first")
             result = run(
                 name,
                 config["dataset"],
-                overrides={**overrides, "checkpoint_dir": folder},
+                overrides={**overrides, "checkpoint_dir": folder, "resume": "auto"},
                 saved=True,
                 result_file=os.path.join(folder, key + ".json"),
             )
@@ -118,6 +133,7 @@ def load_teacher(config, dataset):
             f"teacher checkpoint {path} does not fit {name} on {config['dataset']} "
             f"({str(exc).splitlines()[0][:160]}); re-train the teacher"
         ) from None
+    check_teacher_size(config, name, sum(p.numel() for p in teacher.parameters()), student_params)
     info["teacher_checkpoint"] = path
     sidecar = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(sidecar):

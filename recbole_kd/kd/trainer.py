@@ -63,7 +63,12 @@ class DistillTrainer(KDTrainer):
         if self.teacher is not None:
             return
         t0 = time.perf_counter()
-        self.teacher, self.teacher_info = load_teacher(self.config, train_data.dataset)
+        self.teacher, self.teacher_info = load_teacher(
+            self.config, train_data.dataset, student_params=sum(p.numel() for p in self.model.parameters())
+        )
+        # the same random stream (KD modules' init, then training) whether the teacher was loaded or
+        # had to be trained first
+        init_seed(self.config["seed"], self.config["reproducibility"])
         need_hidden = any(loss.needs_hidden for loss, _, _ in self.kd_spec)
         for loss, _, _ in self.kd_spec:
             if loss.make_module is not None:
@@ -77,16 +82,7 @@ class DistillTrainer(KDTrainer):
         self.teacher_outputs = TeacherOutputs(
             self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device
         )
-        n_teacher = sum(p.numel() for p in self.teacher.parameters())
-        n_student = sum(p.numel() for p in self.model.parameters())
-        if n_teacher < n_student:
-            self.logger.warning(
-                f"teacher {self.teacher_info.get('teacher')} has fewer parameters ({n_teacher:,}) than the "
-                f"student ({n_student:,}); distillation usually needs a stronger teacher"
-            )
         self.cache_seconds = time.perf_counter() - t0
-        # the same random stream whether the teacher was loaded or had to be trained first
-        init_seed(self.config["seed"], self.config["reproducibility"])
         self.logger.info(
             f"distillation: teacher {self.teacher_info.get('teacher')} ({self.teacher_info.get('teacher_source')}), "
             f"losses {[(l.name, w) for l, w, _ in self.kd_spec]}, gate {self.kd_gate}, top-K {self.kd_topk}, "
@@ -134,6 +130,13 @@ class DistillTrainer(KDTrainer):
         state = super().checkpoint_state(epoch)
         state["kd_modules"] = self.kd_modules.state_dict()
         return state
+
+    def load_extra_state(self, state):
+        if state.get("kd_modules"):
+            self.kd_modules.load_state_dict(state["kd_modules"])
+
+    def loss_term_names(self):
+        return ["main"] + [f"kd:{loss.name}" for loss, _, _ in self.kd_spec]
 
     def run_report(self) -> dict:
         from recbole_kd.quick_start import count_parameters

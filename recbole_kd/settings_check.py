@@ -1,0 +1,164 @@
+"""Checks on what the user set, before anything is loaded or trained.
+
+* Unknown keys (typos such as ``--learning_rat``) get a warning naming close matches; with
+  ``strict: True`` (``--strict``) they are errors. Known = every key of RecBole's own yaml
+  files (overall, dataset, every model), of our defaults, dataset yamls and every registered
+  model's yaml, plus the few keys RecBole sets itself.
+* Invalid values (negative epochs, a temperature <= 0, an unknown KD loss ...) are errors.
+
+Errors are ``ConfigError`` (the CLI prints one line and exits with status 2).
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import glob
+import os
+import sys
+from numbers import Number
+
+import yaml
+
+# keys RecBole or its distributed mode set or read without a yaml default
+_RUNTIME_KEYS = {
+    "model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "local_rank",
+    "single_spec", "device", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "train_neg_sample_args",
+    "valid_neg_sample_args", "test_neg_sample_args",
+}
+
+
+def _yaml_keys(path: str) -> set[str]:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+@functools.lru_cache(maxsize=1)
+def _static_known_keys() -> frozenset:
+    import recbole
+
+    from recbole_kd.config import PACKAGE_DIR
+
+    props = os.path.join(os.path.dirname(recbole.__file__), "properties")
+    keys = set(_RUNTIME_KEYS)
+    for path in glob.glob(os.path.join(props, "**", "*.yaml"), recursive=True):
+        keys |= _yaml_keys(path)
+    for path in glob.glob(os.path.join(PACKAGE_DIR, "**", "*.yaml"), recursive=True):
+        keys |= _yaml_keys(path)
+    return frozenset(keys)
+
+
+def known_keys() -> set[str]:
+    """Every setting recbole-kd or RecBole reads (registered plugin models' yamls included)."""
+    from recbole_kd.registry import derived_entries, registered
+
+    keys = set(_static_known_keys())
+    entries = dict(registered())
+    entries.update(derived_entries())
+    for entry in entries.values():
+        for path in entry.config_files:
+            keys |= _yaml_keys(path)
+    return keys
+
+
+def check_unknown_keys(user_keys, strict: bool, where: str = "") -> list[str]:
+    """Warn (or, strict, raise) for keys nobody reads. Returns the warning lines."""
+    from recbole_kd.config import ConfigError
+
+    known = known_keys()
+    lines = []
+    for key in sorted(set(user_keys) - known):
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.7)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; it is not a RecBole or recbole-kd setting"
+        lines.append(f"unknown setting {key!r}{where}{hint}")
+    if lines and strict:
+        raise ConfigError(lines[0] + " (--strict: unknown settings are errors)")
+    for line in lines:
+        print(f"recbole-kd: warning: {line}", file=sys.stderr)
+    return lines
+
+
+# ---- values ----------------------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_POSITIVE_INTS = (
+    "epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step", "hidden_size",
+    "embedding_size", "n_layers", "n_heads", "inner_size", "MAX_ITEM_LIST_LENGTH", "num_negatives",
+    "kd_topk", "kd_gate_k",
+)
+_PROBABILITIES = ("hidden_dropout_prob", "attn_dropout_prob", "dropout_prob", "mask_ratio")
+
+
+def check_values(config) -> None:
+    """Refuse values that cannot be right, naming the key, the value and what is allowed."""
+    from recbole_kd.config import ConfigError
+
+    def bad(key, value, allowed):
+        raise ConfigError(f"invalid setting {key}={value!r}: {allowed}")
+
+    def get(key):
+        return config[key] if key in config else None
+
+    for key in _POSITIVE_INTS:
+        v = get(key)
+        if v is not None and not (_is_int(v) and v >= 1):
+            bad(key, v, "must be an integer >= 1")
+    lr = get("learning_rate")
+    if lr is not None and not (isinstance(lr, Number) and not isinstance(lr, bool) and lr > 0):
+        bad("learning_rate", lr, "must be a number > 0")
+    wd = get("weight_decay")
+    if wd is not None and not (isinstance(wd, Number) and wd >= 0):
+        bad("weight_decay", wd, "must be a number >= 0")
+    for key in _PROBABILITIES:
+        v = get(key)
+        if v is not None and not (isinstance(v, Number) and 0 <= v < 1):
+            bad(key, v, "must be a probability in [0, 1)")
+    heads, hidden = get("n_heads"), get("hidden_size")
+    if _is_int(heads) and _is_int(hidden) and hidden % heads:
+        bad("n_heads", heads, f"must divide hidden_size={hidden}")
+    if get("kd_losses") is not None:
+        check_kd_values(config, bad)
+    resume = get("resume")
+    if resume not in (None, False, True, "auto") and not isinstance(resume, str):
+        bad("resume", resume, "must be True, False, auto or the path of a *-last.pth checkpoint")
+
+
+def check_kd_values(config, bad) -> None:
+    from recbole_kd.kd.base import KD_LOSSES, get_kd_loss
+    from recbole_kd.registry import get_entry
+
+    spec = config["kd_losses"]
+    if isinstance(spec, str):
+        spec = {spec: 1.0}
+    if not isinstance(spec, dict) or not spec:
+        bad("kd_losses", spec, "must map KD loss names to weights, e.g. {soft: 1.0}")
+    get_kd_loss("soft")  # loads the built-in losses
+    for name, weight in spec.items():
+        if name not in KD_LOSSES:
+            bad("kd_losses", name, f"unknown KD loss; available: {', '.join(sorted(KD_LOSSES))}")
+        if not (isinstance(weight, Number) and not isinstance(weight, bool) and weight >= 0):
+            bad(f"kd_losses.{name}", weight, "the weight must be a number >= 0")
+    params = config["kd_loss_params"] or {}
+    if not isinstance(params, dict):
+        bad("kd_loss_params", params, "must map loss names to their parameters, e.g. {soft: {temperature: 2.0}}")
+    for name, values in params.items():
+        if name not in KD_LOSSES:
+            bad("kd_loss_params", name, f"unknown KD loss; available: {', '.join(sorted(KD_LOSSES))}")
+        defaults = KD_LOSSES[name].defaults
+        for key, value in (values or {}).items():
+            if key not in defaults:
+                bad(f"kd_loss_params.{name}.{key}", value, f"unknown parameter; {name} takes {sorted(defaults) or 'none'}")
+            if not (isinstance(value, Number) and not isinstance(value, bool) and value > 0):
+                bad(f"kd_loss_params.{name}.{key}", value, "must be a number > 0")
+    gate = config["kd_gate"] or "none"
+    if gate not in ("none", "topk", "rank"):
+        bad("kd_gate", gate, "must be none, topk or rank")
+    get_entry(config["teacher"])  # unknown teacher: UnknownModelError (exit 2) before any data is loaded
+    nested = config["teacher_config"] or {}
+    if not isinstance(nested, dict):
+        bad("teacher_config", nested, "must be a mapping of the teacher's settings, e.g. {hidden_size: 128}")
