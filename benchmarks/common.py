@@ -59,7 +59,8 @@ def run_cell(model, dataset, workdir, **overrides) -> dict:
     os.chdir(workdir)
     try:
         t0 = time.perf_counter()
-        res = run(model, dataset, overrides={"show_progress": False, **overrides})
+        # an interrupted cell continues from its last epoch checkpoint
+        res = run(model, dataset, overrides={"show_progress": False, "resume": "auto", **overrides})
         res["wall_seconds"] = time.perf_counter() - t0
         return res
     finally:
