@@ -1,0 +1,594 @@
+"""``python -m recbole_kd bench SUITE.yaml``: datasets x models x seeds through the CLI, resumable.
+
+Every cell is one ``python -m recbole_kd --model=... --dataset=...`` run (the path users use: same
+split, same evaluator), in its own work folder with ``--resume=auto``. A finished cell is stored
+as ``cells/<id>.json`` (atomically) the moment it ends, so re-running the suite skips finished
+cells, re-runs failed ones, and an interrupted cell continues from its last epoch checkpoint.
+Cells run elsewhere (e.g. on a lent accelerator) merge by copying their ``cells/*.json`` in and
+running ``--render-only``.
+
+Suite file::
+
+    name: quick-ml-100k
+    seeds: [2020, 2021, 2022]
+    settings: {epochs: 30}              # every cell
+    datasets:
+      ml-100k: {}                       # settings for this dataset's cells
+      amazon-beauty-5core: {data_path: ../shared/datasets}
+    models:
+      - model: SASRec-L
+        group: teacher                  # baseline | teacher | student | distilled | transfer
+        seeds: [2020]                   # default: the suite's seeds
+        settings: {hidden_size: 128}
+        minutes: 5                      # estimate for --dry-run until a cell has run
+      - model: SASRec-S
+        group: student
+      - model: KD-SASRec
+        label: KD-SASRec (rrd)          # default: the model name; unique per suite
+        group: distilled
+        settings: {kd_losses: {rrd: 1.0}}
+        teacher_from: SASRec-L          # use that row's checkpoint (its first seed)
+      - model: SASRec
+        group: baseline
+        skip: {ml-1m: "RecBole's SASRec needs ~20 min per epoch on 2 CPU cores"}
+
+Output folder: ``results.json``, ``results.csv``, ``README.md`` (one table per dataset, rows
+grouped baseline / teacher / student / distilled / transfer, ratio columns "vs student alone"
+and "vs teacher") and ``plots/*.png`` (NDCG@10 vs parameters and vs latency with the Pareto
+front, KD gain per distilled row).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import yaml
+
+GROUPS = ("baseline", "teacher", "student", "distilled", "transfer")
+
+
+class SuiteError(Exception):
+    """A suite file that cannot be run; the message says what and where."""
+
+
+@dataclass
+class Cell:
+    dataset: str
+    label: str
+    model: str
+    group: str
+    seed: int
+    settings: dict
+    teacher_from: str | None = None
+    student_ref: str | None = None
+    skip: str | None = None
+    minutes: float | None = None
+    order: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.label).strip("_")
+        return f"{self.dataset}__{slug}__seed{self.seed}"
+
+    def spec(self) -> dict:
+        return {"dataset": self.dataset, "label": self.label, "model": self.model, "group": self.group,
+                "seed": self.seed, "settings": self.settings, "teacher_from": self.teacher_from}
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.spec(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---- suite file ------------------------------------------------------------------------------------
+def load_suite(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise SuiteError(f"suite file {path} does not exist")
+    with open(path) as f:
+        try:
+            suite = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise SuiteError(f"suite file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(suite, dict):
+        raise SuiteError(f"suite file {path} must be a mapping with name, datasets, models")
+    for key in ("name", "datasets", "models"):
+        if not suite.get(key):
+            raise SuiteError(f"suite file {path} has no '{key}'")
+    unknown = set(suite) - {"name", "description", "seeds", "settings", "datasets", "models", "output"}
+    if unknown:
+        raise SuiteError(f"suite file {path}: unknown top-level key(s) {sorted(unknown)}")
+    suite["_path"] = os.path.abspath(path)
+    return suite
+
+
+_MODEL_KEYS = {"model", "label", "group", "seeds", "settings", "teacher_from", "student_ref", "skip", "minutes", "datasets"}
+
+
+def expand(suite: dict) -> list[Cell]:
+    """All cells, teachers first (distilled cells need their checkpoints), then file order."""
+    where = suite["_path"]
+    seeds = suite.get("seeds") or [2020]
+    common = suite.get("settings") or {}
+    datasets = suite["datasets"]
+    if isinstance(datasets, list):
+        datasets = {d: {} for d in datasets}
+    labels = set()
+    cells = []
+    for i, entry in enumerate(suite["models"]):
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        unknown = set(entry) - _MODEL_KEYS
+        if unknown or "model" not in entry:
+            raise SuiteError(f"{where}: models[{i}] needs 'model' and takes only {sorted(_MODEL_KEYS)}; got {sorted(entry)}")
+        label = str(entry.get("label") or entry["model"])
+        if label in labels:
+            raise SuiteError(f"{where}: two models are labelled {label!r}; give each a unique 'label'")
+        labels.add(label)
+        group = entry.get("group") or ("distilled" if entry["model"].startswith("KD-") else "baseline")
+        if group not in GROUPS:
+            raise SuiteError(f"{where}: models[{i}] ({label}) has group {group!r}; use one of {', '.join(GROUPS)}")
+        skip = entry.get("skip")
+        for ds, ds_settings in datasets.items():
+            if entry.get("datasets") and ds not in entry["datasets"]:
+                continue
+            reason = skip.get(ds) if isinstance(skip, dict) else skip
+            for seed in entry.get("seeds") or seeds:
+                settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
+                cells.append(Cell(ds, label, entry["model"], group, int(seed), settings, entry.get("teacher_from"),
+                                  entry.get("student_ref"), reason, entry.get("minutes"), i))
+    for c in cells:
+        if c.teacher_from and c.teacher_from not in labels:
+            raise SuiteError(f"{where}: {c.label} has teacher_from {c.teacher_from!r}, which is no model's label")
+    teachers = {c.teacher_from for c in cells if c.teacher_from}
+    return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.label in teachers else 1, c.order, c.seed))
+
+
+def output_dir(suite: dict, out: str | None) -> str:
+    if out:
+        return os.path.abspath(out)
+    base = os.path.dirname(suite["_path"])
+    if suite.get("output"):
+        return os.path.normpath(os.path.join(base, suite["output"]))
+    if os.path.basename(base) == "suites":
+        return os.path.join(os.path.dirname(base), "results", suite["name"])
+    return os.path.abspath(f"{suite['name']}-results")
+
+
+# ---- storage ---------------------------------------------------------------------------------------
+def _write_json(path: str, obj) -> None:
+    from recbole_kd.quick_start import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def cell_record(out: str, cell: Cell) -> dict | None:
+    """The stored result of ``cell`` if it finished with the same settings."""
+    rec = _read_json(os.path.join(out, "cells", cell.id + ".json"))
+    if rec and rec.get("status") == "ok" and rec.get("config_hash") == cell.config_hash:
+        return rec
+    return None
+
+
+def failed_record(out: str, cell: Cell) -> dict | None:
+    return _read_json(os.path.join(out, "cells", cell.id + ".failed.json"))
+
+
+def git_commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+# ---- running ---------------------------------------------------------------------------------------
+def _cli_value(v) -> str:
+    return v if isinstance(v, str) else repr(v)
+
+
+def cell_command(cell: Cell, out: str, records: dict) -> list[str]:
+    work = os.path.join(out, "work", cell.id)
+    settings = dict(cell.settings)
+    if cell.model.startswith("KD-"):
+        if cell.teacher_from:
+            teacher = _teacher_record(cell, records)
+            settings["teacher"] = teacher["model"]
+            settings["teacher_checkpoint"] = os.path.join(out, teacher["result"]["checkpoint"])
+        else:
+            settings.setdefault("teacher_dir", os.path.join(out, "work", cell.dataset, "teachers"))
+    args = [sys.executable, "-m", "recbole_kd", f"--model={cell.model}", f"--dataset={cell.dataset}",
+            f"--seed={cell.seed}", f"--result_file={os.path.join(work, 'result.json')}",
+            f"--checkpoint_dir={os.path.join(work, 'saved')}", "--resume=auto"]
+    settings.setdefault("show_progress", False)
+    for key, value in settings.items():
+        if key == "data_path":
+            value = os.path.abspath(value)
+        args.append(f"--{key}={_cli_value(value)}")
+    return args
+
+
+def _teacher_record(cell: Cell, records: dict) -> dict:
+    found = [r for (ds, label, _), r in sorted(records.items(), key=lambda kv: kv[0][2])
+             if ds == cell.dataset and label == cell.teacher_from]
+    if not found:
+        raise RuntimeError(f"teacher row {cell.teacher_from!r} has no finished cell on {cell.dataset}")
+    return found[0]
+
+
+def run_cell(cell: Cell, out: str, records: dict) -> dict:
+    work = os.path.join(out, "work", cell.id)
+    os.makedirs(work, exist_ok=True)
+    result_path = os.path.join(work, "result.json")
+    if os.path.exists(result_path):
+        os.unlink(result_path)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    try:
+        args = cell_command(cell, out, records)
+    except RuntimeError as exc:
+        return {"status": "failed", "error": str(exc), "started_at": started}
+    with open(os.path.join(work, "output.log"), "a") as log:
+        log.write(f"\n$ {shlex.join(args)}\n")
+        log.flush()
+        proc = subprocess.run(args, cwd=work, stdout=log, stderr=subprocess.PIPE, text=True)
+        log.write(proc.stderr)
+    wall = time.perf_counter() - t0
+    base = {**cell.spec(), "id": cell.id, "config_hash": cell.config_hash, "started_at": started,
+            "wall_seconds": wall, "command": shlex.join(args[1:]), "git_commit": git_commit(), "machine": machine()}
+    result = _read_json(result_path)
+    if proc.returncode != 0 or result is None:
+        errors = [l for l in proc.stderr.splitlines() if l.startswith("recbole-kd: error")]
+        tail = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {**base, "status": "failed", "returncode": proc.returncode, "error": tail[:500]}
+    if result.get("checkpoint"):
+        result["checkpoint"] = os.path.relpath(os.path.join(work, result["checkpoint"]), out)
+    return {**base, "status": "ok", "result": result}
+
+
+def estimate_minutes(cell: Cell, done: dict) -> float | None:
+    same = [r["wall_seconds"] / 60 for (ds, label, _), r in done.items() if ds == cell.dataset and label == cell.label]
+    if same:
+        return statistics.mean(same)
+    return float(cell.minutes) if cell.minutes is not None else None
+
+
+def _fmt_minutes(m: float | None) -> str:
+    return "?" if m is None else (f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h")
+
+
+def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_only: bool = False) -> int:
+    suite = load_suite(path)
+    cells = expand(suite)
+    out = output_dir(suite, out)
+    records = {}
+    for c in cells:
+        rec = cell_record(out, c)
+        if rec:
+            records[(c.dataset, c.label, c.seed)] = rec
+    todo = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records]
+    if dry_run:
+        print(f"suite {suite['name']}: {len(cells)} cells -> {out}")
+        total, unknown = 0.0, 0
+        for c in cells:
+            state = ("done" if (c.dataset, c.label, c.seed) in records else
+                     f"skip ({c.skip})" if c.skip else "failed before" if failed_record(out, c) else "to run")
+            est = None if state != "to run" and not state.startswith("failed") else estimate_minutes(c, records)
+            if est is not None:
+                total += est
+            elif state == "to run" or state.startswith("failed"):
+                unknown += 1
+            print(f"  {c.id:<60} {c.group:<9} {state:<14} {'' if est is None else _fmt_minutes(est)}")
+        print(f"to run: {len(todo)} cells, estimated {_fmt_minutes(total)}"
+              + (f" + {unknown} without an estimate" if unknown else ""))
+        return 0
+    if not render_only:
+        os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+        ran = []  # wall seconds of the cells run now
+        try:
+            for n, c in enumerate(todo):
+                left = [estimate_minutes(x, records) for x in todo[n:]]
+                if all(e is not None for e in left):
+                    eta = sum(left)
+                elif ran:
+                    eta = statistics.mean(ran) / 60 * len(left)
+                else:
+                    eta = None
+                print(f"[bench] {len(cells) - len(todo) + n}/{len(cells)} cells done · running {c.id} · "
+                      f"ETA {_fmt_minutes(eta)}", flush=True)
+                t0 = time.perf_counter()
+                rec = run_cell(c, out, records)
+                ran.append(time.perf_counter() - t0)
+                if rec["status"] == "ok":
+                    _write_json(os.path.join(out, "cells", c.id + ".json"), rec)
+                    failed = os.path.join(out, "cells", c.id + ".failed.json")
+                    if os.path.exists(failed):
+                        os.unlink(failed)
+                    records[(c.dataset, c.label, c.seed)] = rec
+                else:
+                    _write_json(os.path.join(out, "cells", c.id + ".failed.json"), rec)
+                    print(f"[bench] cell {c.id} failed: {rec.get('error')}", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            print("[bench] interrupted: finished cells are stored; run the same command again to resume",
+                  file=sys.stderr)
+            render(suite, cells, records, out)
+            return 130
+    render(suite, cells, records, out)
+    failed = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records]
+    print(f"[bench] {len(records)}/{len(cells)} cells done, {sum(1 for c in cells if c.skip)} skipped, "
+          f"{len(failed)} not done; report: {os.path.join(out, 'README.md')}")
+    return 1 if failed and not render_only else 0
+
+
+# ---- report ----------------------------------------------------------------------------------------
+METRICS = ("ndcg@10", "recall@10", "mrr@10")
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
+    rows = []
+    by_row = {}
+    for c in cells:
+        by_row.setdefault((c.dataset, c.label), []).append(c)
+    for (ds, label), group_cells in by_row.items():
+        c0 = group_cells[0]
+        runs = [records[(ds, label, c.seed)] for c in group_cells if (ds, label, c.seed) in records]
+        row = {"dataset": ds, "label": label, "model": c0.model, "group": c0.group, "seeds_planned": len(group_cells),
+               "seeds": [r["seed"] for r in runs], "skip": c0.skip, "teacher_from": c0.teacher_from,
+               "student_ref": c0.student_ref}
+        if not runs:
+            fails = [failed_record(out, c) for c in group_cells]
+            fails = [f for f in fails if f]
+            row["status"] = f"not run: {c0.skip}" if c0.skip else (f"failed: {fails[0].get('error')}" if fails else "not run yet")
+            rows.append(row)
+            continue
+        res = [r["result"] for r in runs]
+        for m in METRICS:
+            row[m] = _mean_std([r["test_result"].get(m) for r in res])
+        row["num_params"] = res[0]["num_params"]
+        row["latency_ms"] = statistics.median([1000 * r["latency_seconds"] for r in res])
+        row["seconds_per_epoch"] = statistics.mean([r["train_seconds_per_epoch"] for r in res])
+        row["epochs"] = statistics.mean([r["epochs_run"] for r in res])
+        row["train_minutes"] = statistics.mean([r["train_seconds"] for r in res]) / 60
+        row["status"] = "ok"
+        rows.append(row)
+    # reference rows for the ratio columns
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        same = [r for r in rows if r["dataset"] == row["dataset"] and r.get("status") == "ok"]
+        ref = _student_ref(row, same)
+        teacher = _teacher_ref(row, same)
+        row["vs_student_alone"] = row["ndcg@10"][0] / ref["ndcg@10"][0] if ref and ref["ndcg@10"][0] else None
+        row["vs_student_label"] = ref["label"] if ref else None
+        row["vs_teacher"] = row["ndcg@10"][0] / teacher["ndcg@10"][0] if teacher and teacher["ndcg@10"][0] else None
+        row["vs_teacher_label"] = teacher["label"] if teacher else None
+    return rows
+
+
+def _student_ref(row, same):
+    if row["group"] not in ("distilled", "transfer", "student"):
+        return None
+    if row["student_ref"]:
+        return next((r for r in same if r["label"] == row["student_ref"]), None)
+    if row["group"] == "student":
+        return row
+    name = row["model"]
+    if name.startswith("KD-"):
+        from recbole_kd.models.distill import ALIASES
+
+        name = ALIASES[name][0] if name in ALIASES else name[3:]
+    return next((r for r in same if r["model"] == name and r["group"] == "student"), None)
+
+
+def _teacher_ref(row, same):
+    if row["group"] == "teacher":
+        return row
+    if row["teacher_from"]:
+        return next((r for r in same if r["label"] == row["teacher_from"]), None)
+    if row["group"] in ("student", "distilled"):
+        return next((r for r in same if r["group"] == "teacher"), None)
+    return None
+
+
+def _fmt(ms, digits=4):
+    if not ms or ms[0] is None:
+        return "-"
+    return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+
+def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    rows = summarize(cells, records, out)
+    commit = git_commit()
+    payload = {"suite": suite["name"], "suite_file": os.path.relpath(suite["_path"], out),
+               "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "git_commit": commit, "machine": machine(), "rows": rows,
+               "cells": [records[k] for k in sorted(records)]}
+    _write_json(os.path.join(out, "results.json"), payload)
+    _write_csv(os.path.join(out, "results.csv"), cells, records)
+    plots = _plots(rows, out)
+    lines = [f"# Benchmark suite `{suite['name']}`", ""]
+    if suite.get("description"):
+        lines += [suite["description"].strip(), ""]
+    lines += [
+        f"Command: `python -m recbole_kd bench {os.path.relpath(suite['_path'])}`  ",
+        "Protocol: RecBole's leave-one-out split by time, full ranking over all items, best-on-valid "
+        "checkpoint (NDCG@10) evaluated on test; every cell is one CLI run.  ",
+        f"Machine of the last cells: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, "
+        f"torch {payload['machine']['torch']} ({payload['machine']['device']}); report of commit {commit}.",
+        "",
+    ]
+    for ds in dict.fromkeys(c.dataset for c in cells):
+        lines += [f"## {ds}", "",
+                  "| group | row | model | seeds | test NDCG@10 | Recall@10 | MRR@10 | params | latency 256 users (ms) "
+                  "| s / epoch | epochs | vs student alone | vs teacher |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for group in GROUPS:
+            for row in (r for r in rows if r["dataset"] == ds and r["group"] == group):
+                if row["status"] != "ok":
+                    lines.append(f"| {group} | {row['label']} | {row['model']} | 0/{row['seeds_planned']} | "
+                                 f"{row['status']} | | | | | | | | |")
+                    continue
+                vs_s = f"{row['vs_student_alone']:.3f}" if row.get("vs_student_alone") else "-"
+                vs_t = f"{row['vs_teacher']:.3f}" if row.get("vs_teacher") else "-"
+                lines.append(
+                    f"| {group} | {row['label']} | {row['model']} | {len(row['seeds'])}/{row['seeds_planned']} | "
+                    f"{_fmt(row['ndcg@10'])} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | "
+                    f"{row['num_params']:,} | {row['latency_ms']:.1f} | {row['seconds_per_epoch']:.2f} | "
+                    f"{row['epochs']:.0f} | {vs_s} | {vs_t} |")
+        lines.append("")
+        for title, name in plots.get(ds, []):
+            lines += [f"![{title}]({name})", ""]
+    if not plots and rows:
+        lines += ["(plots skipped: matplotlib is not installed; `pip install recbole-kd[bench]`)", ""]
+    lines += ["Ratios: NDCG@10 mean over seeds divided by the same dataset's student-alone row (for a "
+              "distilled `KD-X`: the `X` row of group student, or `student_ref`) and teacher row (`teacher_from`, "
+              "else the dataset's first teacher). Latency: median full-sort scoring time for 256 test users on "
+              "this machine.", ""]
+    tmp = os.path.join(out, ".README.md.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, os.path.join(out, "README.md"))
+
+
+def _write_csv(path, cells, records):
+    cols = ["dataset", "label", "model", "group", "seed", "status", *METRICS, "num_params", "latency_ms",
+            "train_seconds_per_epoch", "epochs_run", "train_seconds", "config_hash", "git_commit"]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for c in cells:
+            rec = records.get((c.dataset, c.label, c.seed))
+            if rec is None:
+                w.writerow([c.dataset, c.label, c.model, c.group, c.seed, f"skip: {c.skip}" if c.skip else "not run"]
+                           + [""] * (len(cols) - 6))
+                continue
+            r = rec["result"]
+            w.writerow([c.dataset, c.label, c.model, c.group, c.seed, "ok", *(r["test_result"].get(m) for m in METRICS),
+                        r["num_params"], 1000 * r["latency_seconds"], r["train_seconds_per_epoch"], r["epochs_run"],
+                        r["train_seconds"], rec["config_hash"], rec["git_commit"]])
+    os.replace(tmp, path)
+
+
+def pareto_front(points):
+    """Indices of points (x, y) not dominated: no other point has x <= and y >= (one strictly)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _plots(rows, out) -> dict:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    colors = dict(zip(GROUPS, ("tab:gray", "tab:red", "tab:blue", "tab:green", "tab:purple")))
+    made = {}
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        ok = [r for r in rows if r["dataset"] == ds and r.get("status") == "ok"]
+        if not ok:
+            continue
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ds)
+        for key, xlabel, suffix in (("num_params", "parameters", "params"),
+                                    ("latency_ms", "full-sort latency for 256 users (ms)", "latency")):
+            fig, ax = plt.subplots(figsize=(6.4, 4.2))
+            pts = [(r[key], r["ndcg@10"][0]) for r in ok]
+            for r, (x, y) in zip(ok, pts):
+                ax.errorbar(x, y, yerr=r["ndcg@10"][1], fmt="o", color=colors[r["group"]], capsize=3)
+                ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            front = pareto_front(pts)
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="black", lw=1,
+                    label="Pareto front")
+            for g in GROUPS:
+                if any(r["group"] == g for r in ok):
+                    ax.plot([], [], "o", color=colors[g], label=g)
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel + " (log)")
+            ax.set_ylabel("test NDCG@10")
+            ax.set_title(f"{ds}: NDCG@10 vs {xlabel.split(' (')[0]}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            name = f"plots/{slug}_ndcg_vs_{suffix}.png"
+            fig.savefig(os.path.join(out, name), dpi=110)
+            plt.close(fig)
+            made.setdefault(ds, []).append((f"{ds} NDCG@10 vs {suffix}", name))
+        gains = [r for r in ok if r["group"] in ("distilled", "transfer") and r.get("vs_student_alone")]
+        if gains:
+            fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(gains)))
+            ax.barh([r["label"] for r in gains], [r["vs_student_alone"] - 1 for r in gains],
+                    color=["tab:green" if r["vs_student_alone"] >= 1 else "tab:red" for r in gains])
+            ax.axvline(0, color="black", lw=0.8)
+            ax.set_xlabel("NDCG@10 gain over the student alone (ratio - 1)")
+            ax.set_title(f"{ds}: KD gain per row")
+            fig.tight_layout()
+            name = f"plots/{slug}_kd_gain.png"
+            fig.savefig(os.path.join(out, name), dpi=110)
+            plt.close(fig)
+            made.setdefault(ds, []).append((f"{ds} KD gain", name))
+    return made
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m recbole_kd bench",
+                                 description="Run a benchmark suite (datasets x models x seeds), resumable.")
+    ap.add_argument("suite", help="suite yaml (see benchmarks/suites/)")
+    ap.add_argument("--out", help="output folder (default: benchmarks/results/<name> for suites in benchmarks/suites)")
+    ap.add_argument("--dry-run", action="store_true", help="list the cells and the estimated time; run nothing")
+    ap.add_argument("--render-only", action="store_true", help="rebuild the report from the stored cells")
+    args = ap.parse_args(argv)
+    try:
+        return run_suite(args.suite, args.out, dry_run=args.dry_run, render_only=args.render_only)
+    except SuiteError as exc:
+        print(f"recbole-kd bench: error: {exc}", file=sys.stderr)
+        return 2

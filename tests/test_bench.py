@@ -1,0 +1,109 @@
+"""The benchmark suite runner: resumable after a kill, merged report, dry run, teacher_from."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import write_tiny_dataset
+
+
+def _suite(tmp_path, models, seeds=(2020,)):
+    data = write_tiny_dataset(tmp_path / "data")
+    suite = {
+        "name": "tiny-suite",
+        "seeds": list(seeds),
+        "settings": {"epochs": 1, "state": "WARNING"},
+        "datasets": {"tiny": {"data_path": data}},
+        "models": models,
+    }
+    path = tmp_path / "suite.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return str(path)
+
+
+def _bench(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "recbole_kd", "bench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def test_kill_after_first_cell_then_resume(tmp_path):
+    suite = _suite(tmp_path, [{"model": "SASRec-S", "group": "student"}, {"model": "MF-S", "group": "baseline"}])
+    out = tmp_path / "out"
+    cells = out / "cells"
+    proc = _bench(suite, "--out", str(out), cwd=tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (cells.exists() and any(p.suffix == ".json" for p in cells.iterdir())):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its running cell
+    proc.wait()
+    (first,) = [p for p in cells.iterdir() if p.suffix == ".json"]
+    first_bytes = first.read_bytes()
+    assert "SASRec-S" in first.name  # cells run in suite order
+
+    dry = subprocess.run([sys.executable, "-m", "recbole_kd", "bench", suite, "--out", str(out), "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert dry.returncode == 0
+    assert "done" in dry.stdout and "to run: 1 cells" in dry.stdout
+
+    again = _bench(suite, "--out", str(out), cwd=tmp_path)
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr[-2000:]
+    assert "[bench] 1/2 cells done" in stdout and "SASRec-S" not in stdout.split("running", 1)[1].split("\n")[0]
+    assert first.read_bytes() == first_bytes  # not re-run
+    results = json.loads((out / "results.json").read_text())
+    assert {c["label"] for c in results["cells"]} == {"SASRec-S", "MF-S"}
+    report = (out / "README.md").read_text()
+    assert "| student | SASRec-S | SASRec-S | 1/1 |" in report and "| baseline | MF-S | MF-S | 1/1 |" in report
+    assert (out / "results.csv").read_text().count("\n") == 3
+    for name in ("tiny_ndcg_vs_params.png", "tiny_ndcg_vs_latency.png"):
+        png = out / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch):
+    from recbole_kd.bench import run_suite
+
+    suite = _suite(tmp_path, [
+        {"model": "SASRec-L", "group": "teacher"},
+        {"model": "SASRec-S", "group": "student"},
+        {"model": "KD-SASRec", "label": "KD-SASRec (rrd)", "settings": {"kd_losses": {"rrd": 1.0}},
+         "teacher_from": "SASRec-L"},
+        {"model": "SASRec", "group": "baseline", "skip": "too slow for this machine"},
+    ])
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert run_suite(suite, str(out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["label"]: r for r in results["rows"]}
+    kd = rows["KD-SASRec (rrd)"]
+    assert kd["vs_student_label"] == "SASRec-S" and kd["vs_teacher_label"] == "SASRec-L"
+    assert kd["vs_student_alone"] == pytest.approx(kd["ndcg@10"][0] / rows["SASRec-S"]["ndcg@10"][0])
+    (cell,) = [c for c in results["cells"] if c["label"] == "KD-SASRec (rrd)"]
+    assert cell["result"]["teacher_source"] == "checkpoint"
+    assert "--teacher_checkpoint=" in cell["command"]
+    report = (out / "README.md").read_text()
+    assert "| baseline | SASRec | SASRec | 0/1 | not run: too slow for this machine |" in report
+    assert (out / "plots" / "tiny_kd_gain.png").exists()
+
+
+def test_bad_suite_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndatasets: [tiny]\nmodels:\n  - model: SASRec-S\n    group: teachers\n")
+    proc = subprocess.run([sys.executable, "-m", "recbole_kd", "bench", str(bad), "--dry-run"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("recbole-kd bench: error:") and "group 'teachers'" in proc.stderr
+
+
+def test_pareto_front():
+    from recbole_kd.bench import pareto_front
+
+    pts = [(1, 0.10), (2, 0.09), (3, 0.12), (4, 0.12), (10, 0.20)]
+    assert pareto_front(pts) == [0, 2, 4]
