@@ -328,7 +328,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
                     eta = statistics.mean(ran) / 60 * len(left)
                 else:
                     eta = None
-                print(f"[bench] {len(cells) - len(todo) + n}/{len(cells)} cells done · running {c.id} · "
+                print(f"[bench] {len(cells) - len(todo) + n}/{len(cells)} cells done or skipped · running {c.id} · "
                       f"ETA {_fmt_minutes(eta)}", flush=True)
                 t0 = time.perf_counter()
                 rec = run_cell(c, out, records)
@@ -379,7 +379,13 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         if not runs:
             fails = [failed_record(out, c) for c in group_cells]
             fails = [f for f in fails if f]
-            row["status"] = f"not run: {c0.skip}" if c0.skip else (f"failed: {fails[0].get('error')}" if fails else "not run yet")
+            if c0.skip:
+                row["status"] = f"not run: {c0.skip}"
+            elif fails:
+                row["status"] = f"failed: {fails[0].get('error')}"
+            else:
+                est = f" (estimated {_fmt_minutes(c0.minutes)} per seed on the reference CPU)" if c0.minutes else ""
+                row["status"] = f"not run yet{est}"
             rows.append(row)
             continue
         res = [r["result"] for r in runs]
