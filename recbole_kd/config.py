@@ -88,6 +88,15 @@ def build_config(model: str, dataset: str, config_files=(), overrides: dict | No
             config = Config(model=entry.cls, dataset=dataset, config_file_list=files, config_dict=dict(overrides or {}))
         except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
             raise ConfigError(f"invalid configuration for {model} on {dataset}: {exc}") from None
+    target = config["target"] if "target" in config else None
+    if isinstance(target, dict) and target:
+        # a transfer run's target phase: its nested section, under the command line
+        with _argv_isolated():
+            try:
+                config = Config(model=entry.cls, dataset=dataset, config_file_list=files,
+                                config_dict={**target, **dict(overrides or {})})
+            except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
+                raise ConfigError(f"invalid configuration for {model} on {dataset}: {exc}") from None
     check_user_settings(config, config_files, overrides)
     check_dataset_present(config)
     return config
@@ -111,9 +120,10 @@ def check_user_settings(config, config_files=(), overrides=None) -> None:
         user_keys |= set(data)
     strict = bool(config["strict"])
     check_unknown_keys(user_keys, strict)
-    nested = config["teacher_config"] if "teacher_config" in config else None
-    if isinstance(nested, dict):
-        check_unknown_keys(nested, strict, where=" in teacher_config")
+    for section in ("teacher_config", "source", "target"):
+        nested = config[section] if section in config else None
+        if isinstance(nested, dict):
+            check_unknown_keys(nested, strict, where=f" in {section}")
     check_values(config)
 
 

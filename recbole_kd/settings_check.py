@@ -123,6 +123,14 @@ def check_values(config) -> None:
         bad("n_heads", heads, f"must divide hidden_size={hidden}")
     if get("kd_losses") is not None:
         check_kd_values(config, bad)
+    if get("transfer_mechanisms") is not None:
+        from recbole_kd.transfer.trainer import parse_mechanisms, source_spec
+
+        parse_mechanisms(config)
+        source_spec(config)
+        freeze = get("transfer_freeze_epochs")
+        if not (_is_int(freeze) and freeze >= 0):
+            bad("transfer_freeze_epochs", freeze, "must be an integer >= 0")
     resume = get("resume")
     if resume not in (None, False, True, "auto") and not isinstance(resume, str):
         bad("resume", resume, "must be True, False, auto or the path of a *-last.pth checkpoint")

@@ -32,9 +32,14 @@ def test_every_entry_has_kind_and_description():
 @pytest.mark.parametrize("name", sorted(registered()))
 def test_registered_model_runs_one_epoch(name, tiny_data, workdir):
     """Parametrised over the registry: a new model file is picked up automatically."""
+    from conftest import write_tiny_dataset
     from recbole_kd.quick_start import run
 
-    res = run(name, "tiny", overrides={"data_path": tiny_data, "epochs": 1, "show_progress": False, "state": "WARNING"})
+    overrides = {"data_path": tiny_data, "epochs": 1, "show_progress": False, "state": "WARNING"}
+    if registered()[name].kind == "transfer":  # a second dataset to transfer from
+        write_tiny_dataset(tiny_data, name="tinysrc", seed=1)
+        overrides["source"] = {"dataset": "tinysrc", "epochs": 1}
+    res = run(name, "tiny", overrides=overrides)
     assert res["model"] == name
     assert 0.0 <= res["test_result"]["ndcg@10"] <= 1.0
     assert res["num_params"] > 0
