@@ -12,6 +12,7 @@ from logging import getLogger
 
 from recbole_kd.config import build_config
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_logger, init_seed, set_color  # noqa: E402
@@ -61,14 +62,50 @@ def _floats(result) -> dict | None:
 
 
 def prepare(config):
-    """Dataset and dataloaders for ``config``; lets the model adapt the training loader."""
+    """Dataset and dataloaders for ``config``; lets the model adapt the training loader.
+
+    ``train_fraction`` < 1 (low-resource setting) keeps only each user's most recent
+    ``ceil(fraction * n)`` training interactions (at least one); validation and test data, and
+    so the test users, are unchanged."""
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     entry = get_entry(config["model"])
     adapt = getattr(entry.cls, "build_train_dataloader", None)
+    fraction = config["train_fraction"]
     if adapt is not None:
-        train_data = adapt(config, train_data)
+        train_data = adapt(config, train_data)  # windowed models apply train_fraction themselves
+    elif fraction is not None and fraction < 1:
+        train_data = _reduce_training(config, train_data, fraction)
     return dataset, train_data, valid_data, test_data
+
+
+def keep_recent(n: int, fraction) -> int:
+    """How many of a user's ``n`` training interactions the low-resource setting keeps."""
+    import math
+
+    return n if fraction is None or fraction >= 1 else max(1, math.ceil(fraction * n))
+
+
+def _reduce_training(config, train_data, fraction):
+    from recbole.utils import ModelType
+
+    from recbole_kd.config import ConfigError
+
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        raise ConfigError(
+            f"train_fraction is supported for our windowed sequential models and general models, not for "
+            f"RecBole's {config['model']} (its training rows are prefixes of the full history)"
+        )
+    ds = train_data.dataset
+    uids = ds.inter_feat[ds.uid_field].numpy()
+    order = np.argsort(uids, kind="stable")  # time order inside a user is kept
+    bounds = np.flatnonzero(np.diff(uids[order])) + 1
+    keep = []
+    for part in np.split(order, bounds):
+        keep.append(part[len(part) - keep_recent(len(part), fraction):])
+    index = torch.from_numpy(np.sort(np.concatenate(keep)))
+    reduced = ds.copy(ds.inter_feat[index])
+    return type(train_data)(config, reduced, train_data._sampler, shuffle=True)
 
 
 def run(

@@ -131,6 +131,9 @@ def check_values(config) -> None:
         freeze = get("transfer_freeze_epochs")
         if not (_is_int(freeze) and freeze >= 0):
             bad("transfer_freeze_epochs", freeze, "must be an integer >= 0")
+    frac = get("train_fraction")
+    if frac is not None and not (isinstance(frac, Number) and not isinstance(frac, bool) and 0 < frac <= 1):
+        bad("train_fraction", frac, "must be a fraction in (0, 1]")
     resume = get("resume")
     if resume not in (None, False, True, "auto") and not isinstance(resume, str):
         bad("resume", resume, "must be True, False, auto or the path of a *-last.pth checkpoint")

@@ -147,3 +147,32 @@ def test_cli_errors(data, tmp_path):
     proc = run_cli("--model=Transfer-SASRec", "--source=src", "--dataset=tiny", f"--data_path={data}",
                    "--transfer_mechanisms=['magic']", cwd=tmp_path)
     assert proc.returncode == 2 and "transfer_mechanisms" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["SASRec-S", "MF-S"])
+def test_low_resource_keeps_recent_training_and_same_test_users(model, data):
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import keep_recent, prepare
+
+    def load(fraction):
+        cfg = build_config(model, "tiny", overrides={"data_path": data, "state": "WARNING", "train_fraction": fraction})
+        return prepare(cfg)
+
+    _, full, _, test_full = load(None)
+    _, low, _, test_low = load(0.2)
+    assert torch.equal(test_full.dataset.inter_feat["user_id"], test_low.dataset.inter_feat["user_id"])
+    assert torch.equal(test_full.dataset.inter_feat["item_id"], test_low.dataset.inter_feat["item_id"])
+    if model == "SASRec-S":
+        from recbole_kd.models.windows import user_train_sequences
+
+        _, seqs = user_train_sequences(full.dataset)
+        expected = sum(keep_recent(len(s), 0.2) - 1 for s in seqs)  # targets: every item after the first
+        assert low.num_targets() == expected < full.num_targets()
+    else:
+        inter = full.dataset.inter_feat
+        users, counts = torch.unique(inter["user_id"], return_counts=True)
+        assert len(low.dataset.inter_feat) == sum(keep_recent(int(n), 0.2) for n in counts)
+        kept = low.dataset.inter_feat
+        for u in users[:5]:  # the most recent interactions of each user are the ones kept
+            mine = inter["timestamp"][inter["user_id"] == u]
+            assert torch.equal(kept["timestamp"][kept["user_id"] == u], mine[len(mine) - keep_recent(len(mine), 0.2):])

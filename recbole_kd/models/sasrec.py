@@ -53,6 +53,10 @@ class WindowedSequentialModel(SequentialRecommender):
         """Replace RecBole's prefix-per-sample training loader by a window loader."""
         dataset = train_data.dataset
         users, seqs = user_train_sequences(dataset)
+        if config["train_fraction"] is not None and config["train_fraction"] < 1:  # low-resource setting
+            from recbole_kd.quick_start import keep_recent
+
+            seqs = [s[len(s) - keep_recent(len(s), config["train_fraction"]):] for s in seqs]
         span = cls.window_span(config)
         # default: windows overlap by one item, so no position is encoded twice per epoch
         stride = config["window_stride"] or config["MAX_ITEM_LIST_LENGTH"]
