@@ -24,6 +24,11 @@ trap                        how it is handled
 (c) pandas >= 3             shim: ``Dataset._fill_nan`` used
                             ``feat[field].fillna(..., inplace=True)``, a silent
                             no-op under copy-on-write; replaced by assignment.
+(c2) pandas >= 3            shim: ``Series.agg(len)`` is now one scalar, not
+                            per-element lengths, so RecBole's re-splitting of
+                            token_seq columns (``_remap`` ...) fails on any
+                            dataset with e.g. a title column; inside those
+                            methods only, ``agg(len)`` is per element again.
 (d) ``ray`` at import       shim: ``recbole.quick_start`` does ``from ray import
                             tune`` at import time, and ray (only needed for
                             hyper-parameter tuning) is often missing or broken
@@ -35,8 +40,10 @@ trap                        how it is handled
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+import threading
 import types
 
 import numpy as np
@@ -100,6 +107,53 @@ def patch_fill_nan() -> None:
     Dataset._fill_nan = _fill_nan
 
 
+# (c2) pandas >= 3: ``Series.agg(len)`` became the length of the whole Series (a scalar) instead of
+# the length of each element. RecBole uses it to re-split token_seq columns (``_remap``,
+# ``_normalize``, ``_discretization``, KG ``_reset_ent_remapID``): every dataset with a token_seq
+# feature (e.g. a title column in ``.item``) fails to load. Inside those methods only, ``agg(len)``
+# is the per-element length again; pandas itself is not changed for anything else.
+_AGG_LOCAL = threading.local()
+_ORIGINAL_AGG = None
+
+
+def _series_agg(self, func=None, axis=0, *args, **kwargs):
+    if func is len and getattr(_AGG_LOCAL, "depth", 0):
+        return self.map(len)
+    return _ORIGINAL_AGG(self, func, axis, *args, **kwargs)
+
+
+def _elementwise_len_agg(method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        _AGG_LOCAL.depth = getattr(_AGG_LOCAL, "depth", 0) + 1
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _AGG_LOCAL.depth -= 1
+
+    wrapper._rkd_compat = True
+    return wrapper
+
+
+def patch_token_seq_agg() -> None:
+    global _ORIGINAL_AGG
+    import pandas as pd
+    from recbole.data.dataset.dataset import Dataset
+    from recbole.data.dataset.kg_dataset import KnowledgeBasedDataset
+
+    if int(pd.__version__.split(".")[0]) < 3:
+        return
+    if _ORIGINAL_AGG is None:
+        _ORIGINAL_AGG = pd.Series.agg
+        pd.Series.agg = _series_agg
+        pd.Series.aggregate = _series_agg
+    for cls, name in ((Dataset, "_remap"), (Dataset, "_normalize"), (Dataset, "_discretization"),
+                      (KnowledgeBasedDataset, "_reset_ent_remapID")):
+        method = cls.__dict__[name]
+        if not getattr(method, "_rkd_compat", False):
+            setattr(cls, name, _elementwise_len_agg(method))
+
+
 # (d) ray ----------------------------------------------------------------------------------------
 class _MissingRay(types.ModuleType):
     """Stand-in for ``ray`` / ``ray.tune`` when the real package cannot be imported."""
@@ -142,5 +196,6 @@ def apply() -> None:
         return
     patch_numpy_aliases()
     patch_fill_nan()
+    patch_token_seq_agg()
     patch_ray_import()
     _APPLIED = True

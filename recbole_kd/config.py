@@ -97,6 +97,9 @@ def build_config(model: str, dataset: str, config_files=(), overrides: dict | No
                                 config_dict={**target, **dict(overrides or {})})
             except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
                 raise ConfigError(f"invalid configuration for {model} on {dataset}: {exc}") from None
+    mechanisms = config["transfer_mechanisms"] if "transfer_mechanisms" in config else None
+    if mechanisms and "text" in (mechanisms if isinstance(mechanisms, list) else [mechanisms]):
+        config["item_text"] = True  # the text mechanism: both phases represent items by their text
     check_user_settings(config, config_files, overrides)
     check_dataset_present(config)
     return config

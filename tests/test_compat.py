@@ -85,6 +85,41 @@ def test_nan_feature_filled_through_recbole_loader(workdir, tmp_path):
     assert not price.isna().any() and price.iloc[0] == 1.0
 
 
+def test_pandas_token_seq_trap_is_real_without_shim():
+    from recbole_kd import compat
+
+    s = pd.Series([np.array([1, 2]), np.array([3])])
+    if int(pd.__version__.split(".")[0]) < 3:
+        pytest.skip("pandas < 3: Series.agg(len) is per element, no shim needed")
+    assert compat._ORIGINAL_AGG(s, len) == 2  # pandas 3: the Series' own length, not [2, 1]
+    assert s.agg(len) == 2  # outside RecBole's methods pandas behaves as pandas
+    wrapped = compat._elementwise_len_agg(lambda series: series.agg(len))
+    assert list(wrapped(s)) == [2, 1]  # inside them: per element, as RecBole expects
+    assert s.agg(np.concatenate).tolist() == [1, 2, 3]
+
+
+def test_token_seq_feature_loads_through_recbole(workdir, tmp_path):
+    """A title column (token_seq) in .item: pandas 3 broke RecBole's remapping; the shim restores it."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    folder = tmp_path / "ds" / "seqfeat"
+    folder.mkdir(parents=True)
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    rows += [f"{u}\t{t + 1}\t{t}" for u in range(1, 6) for t in range(5)]
+    (folder / "seqfeat.inter").write_text("\n".join(rows) + "\n")
+    items = ["item_id:token\ttitle:token_seq"] + [f"{i}\tred shoe {'x' * i}" for i in range(1, 6)]
+    (folder / "seqfeat.item").write_text("\n".join(items) + "\n")
+    cfg = Config(model="BPR", dataset="seqfeat", config_dict={
+        "data_path": str(tmp_path / "ds"), "state": "WARNING",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]}})
+    ds = create_dataset(cfg)
+    titles = ds.item_feat["title"]
+    tokens = ds.field2id_token["title"]
+    row = ds.field2token_id["item_id"]["3"]
+    assert [tokens[t] for t in titles[row].tolist() if t] == ["red", "shoe", "xxx"]
+
+
 def test_quick_start_imports_without_ray():
     """(d) recbole.quick_start imports ray at module import; it must import regardless."""
     import recbole.quick_start  # noqa: F401

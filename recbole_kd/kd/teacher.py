@@ -159,6 +159,8 @@ _ARCH_KEYS = (
     "loss_type",
     "MAX_ITEM_LIST_LENGTH",
     "mask_ratio",
+    "item_text",
+    "text_fields",
     "load_col",
     "USER_ID_FIELD",
     "ITEM_ID_FIELD",

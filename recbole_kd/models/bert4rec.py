@@ -26,7 +26,7 @@ class FastBERT4Rec(TransformerSequentialModel):
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
 
     def item_logits(self, hidden):
-        return hidden @ self.item_embedding.weight[: self.n_items].t() + self.output_bias
+        return hidden @ self.item_table()[: self.n_items].t() + self.output_bias
 
     def _append_mask(self, item_seq, item_seq_len):
         """History + [MASK]; a full-length history drops its oldest item to make room."""

@@ -41,8 +41,39 @@ class WindowedSequentialModel(SequentialRecommender):
         super().__init__(config, dataset)
         self.loss_type = config["loss_type"]
         self.num_negatives = config["num_negatives"]
+        self.text_adaptor = None  # set by ``attach_item_text`` (item_text: True)
         if self.loss_type not in ("CE", "sampled"):
             raise ValueError(f"loss_type must be 'CE' or 'sampled' for {type(self).__name__}, got {self.loss_type!r}")
+
+    def item_table(self) -> torch.Tensor:
+        """Item representations [rows, d] used for input and scoring: the id embedding, plus the
+        adapted sentence-encoder vectors of the item text when ``item_text`` is on (UniSRec-style)."""
+        if self.text_adaptor is None:
+            return self.item_embedding.weight
+        return self.item_embedding.weight + self.text_adaptor(self.item_text_vectors)
+
+    def attach_item_text(self, config, dataset) -> dict:
+        """Frozen text vectors of every item (cached on disk) and a learned linear adaptor."""
+        import os
+
+        from recbole_kd.config import ConfigError
+        from recbole_kd.transfer.text import TextUnavailable, item_texts, text_vectors
+
+        texts = item_texts(config, dataset)
+        cache = config["text_cache_dir"] or os.path.join(config["checkpoint_dir"], "text")
+        try:
+            vectors, info = text_vectors(texts, config["dataset"], cache)
+        except TextUnavailable as exc:
+            raise ConfigError(str(exc)) from None
+        rows = self.item_embedding.num_embeddings
+        if vectors.shape[0] < rows:  # e.g. BERT4Rec's [MASK] row
+            vectors = torch.cat([vectors, vectors.new_zeros((rows - vectors.shape[0], vectors.shape[1]))])
+        self.register_buffer("item_text_vectors", vectors, persistent=False)
+        self.text_adaptor = nn.Linear(vectors.shape[1], self.item_embedding.embedding_dim)
+        self.text_adaptor.weight.data.normal_(mean=0.0, std=config["initializer_range"] or 0.02)
+        self.text_adaptor.bias.data.zero_()
+        self.item_text_info = info
+        return info
 
     @classmethod
     def window_span(cls, config) -> int:
@@ -102,12 +133,12 @@ class WindowedSequentialModel(SequentialRecommender):
         return hidden[mask], targets[mask], mask
 
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_embedding.weight.t()
+        return hidden @ self.item_table().t()
 
     def main_loss(self, hidden, targets, logits=None):
         if self.loss_type == "CE":
             return F.cross_entropy(self.item_logits(hidden) if logits is None else logits, targets)
-        return sampled_softmax_loss(hidden, targets, self.item_embedding.weight, self.num_negatives)
+        return sampled_softmax_loss(hidden, targets, self.item_table(), self.num_negatives)
 
     def calculate_loss(self, interaction):
         hidden, targets, _ = self.window_outputs(interaction)
@@ -138,7 +169,7 @@ class WindowedSequentialModel(SequentialRecommender):
     # ---- evaluation -------------------------------------------------------------------------------
     def predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])
+        test_item_emb = self.item_table()[interaction[self.ITEM_ID]]
         return (seq_output * test_item_emb).sum(dim=1)
 
     def full_sort_predict(self, interaction):
@@ -179,6 +210,8 @@ class TransformerSequentialModel(WindowedSequentialModel):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         self.apply(self._init_weights)
+        if config["item_text"]:
+            self.attach_item_text(config, dataset)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -192,7 +225,8 @@ class TransformerSequentialModel(WindowedSequentialModel):
     def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
         """Hidden state at every position [B, L, d] (causal unless ``bidirectional``)."""
         positions = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
-        x = self.item_embedding(item_seq) + self.position_embedding(positions).unsqueeze(0)
+        items = self.item_embedding(item_seq) if self.text_adaptor is None else F.embedding(item_seq, self.item_table())
+        x = items + self.position_embedding(positions).unsqueeze(0)
         x = self.dropout(self.LayerNorm(x))
         mask = self.get_attention_mask(item_seq, bidirectional=self.bidirectional)
         return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]

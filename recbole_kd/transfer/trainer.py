@@ -31,13 +31,13 @@ from recbole_kd.transfer.mapping import (
 )
 from recbole_kd.trainer import KDTrainer
 
-MECHANISMS = ("encoder", "shared_tokens", "cross_kd")
+MECHANISMS = ("encoder", "shared_tokens", "cross_kd", "text")
 
 # settings the source run takes from the target run (data location, protocol, device, architecture)
 _SHARED = ("seed", "reproducibility", "show_progress", "state", "gpu_id", "use_gpu", "eval_args", "metrics", "topk",
            "valid_metric", "eval_batch_size")
 _ARCH = ("n_layers", "n_heads", "hidden_size", "inner_size", "embedding_size", "hidden_act", "layer_norm_eps",
-         "initializer_range", "loss_type", "MAX_ITEM_LIST_LENGTH")
+         "initializer_range", "loss_type", "MAX_ITEM_LIST_LENGTH", "item_text", "text_fields", "text_cache_dir")
 
 
 def parse_mechanisms(config) -> list[str]:
@@ -146,7 +146,7 @@ class TransferTrainer(KDTrainer):
         init_seed(self.config["seed"], self.config["reproducibility"])  # same stream, source cached or not
         target = train_data.dataset
         resumed = self.resumed_from is not None  # the checkpoint already holds the transferred weights
-        if "encoder" in self.mechanisms:
+        if "encoder" in self.mechanisms or "text" in self.mechanisms:  # text: encoder + text adaptor
             names = encoder_names(self.model) if resumed else transfer_encoder(self.model, source.state_dict())
             self.transferred = [n for n, _ in self.model.named_parameters() if n in set(names)]
             info["encoder_tensors"] = len(names)
