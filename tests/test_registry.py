@@ -43,3 +43,14 @@ def test_registered_model_runs_one_epoch(name, tiny_data, workdir):
     assert res["model"] == name
     assert 0.0 <= res["test_result"]["ndcg@10"] <= 1.0
     assert res["num_params"] > 0
+
+
+@pytest.mark.parametrize("module", ["recbole_kd.kd.teacher", "recbole_kd.kd.trainer", "recbole_kd.transfer.trainer",
+                                    "recbole_kd.bench", "recbole_kd.models.windows"])
+def test_every_module_imports_first(module):
+    """No import cycle: any module can be the first one a user (or a script) imports."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]

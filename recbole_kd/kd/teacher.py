@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, load_checkpoint
-from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
 
 # settings of the student's run that the teacher shares (data and device, never model size)
 SHARED_KEYS = (
@@ -223,6 +222,8 @@ class TeacherOutputs:
     @torch.no_grad()
     def position_rows(self, window: torch.Tensor, own_from: torch.Tensor):
         inputs, targets = window[:, :-1], window[:, 1:]
+        from recbole_kd.models.windows import owned_target_mask  # lazy: models import this module
+
         mask = owned_target_mask(targets, own_from - 1)
         hidden, logits = self.teacher.position_outputs(inputs.to(self.device), mask.to(self.device))
         return self._topk(hidden, logits)
@@ -252,6 +253,8 @@ class TeacherOutputs:
         parts_ids, parts_scores, parts_hidden = [], [], []
         if self.mode == "position":
             table = train_data.table
+            from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
+
             window, own = table[WINDOW_FIELD], table[OWN_FROM_FIELD]
             counts = owned_target_mask(window[:, 1:], own - 1).sum(1)
             self.offsets = torch.cumsum(counts, 0) - counts
@@ -288,6 +291,8 @@ class TeacherOutputs:
         kind = keys[0]
         if not self.cached:
             if kind == "position":
+                from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD
+
                 return self.position_rows(interaction[WINDOW_FIELD], interaction[OWN_FROM_FIELD])
             return self.user_rows(keys[1])
         if kind == "position":
