@@ -136,7 +136,8 @@ def expand(suite: dict) -> list[Cell]:
         if label in labels:
             raise SuiteError(f"{where}: two models are labelled {label!r}; give each a unique 'label'")
         labels.add(label)
-        group = entry.get("group") or ("distilled" if entry["model"].startswith("KD-") else "baseline")
+        group = entry.get("group") or ("distilled" if entry["model"].startswith("KD-") else
+                                       "transfer" if entry["model"].startswith("Transfer-") else "baseline")
         if group not in GROUPS:
             raise SuiteError(f"{where}: models[{i}] ({label}) has group {group!r}; use one of {', '.join(GROUPS)}")
         skip = entry.get("skip")
@@ -231,6 +232,8 @@ def cell_command(cell: Cell, out: str, records: dict) -> list[str]:
             settings["teacher_checkpoint"] = os.path.join(out, teacher["result"]["checkpoint"])
         else:
             settings.setdefault("teacher_dir", os.path.join(out, "work", cell.dataset, "teachers"))
+    if cell.model.startswith("Transfer-"):  # one source model per (source, settings, seed) for the suite
+        settings.setdefault("transfer_dir", os.path.join(out, "work", cell.dataset, "transfer"))
     args = [sys.executable, "-m", "recbole_kd", f"--model={cell.model}", f"--dataset={cell.dataset}",
             f"--seed={cell.seed}", f"--result_file={os.path.join(work, 'result.json')}",
             f"--checkpoint_dir={os.path.join(work, 'saved')}", "--resume=auto"]
@@ -238,6 +241,8 @@ def cell_command(cell: Cell, out: str, records: dict) -> list[str]:
     for key, value in settings.items():
         if key == "data_path":
             value = os.path.abspath(value)
+        elif key == "source" and isinstance(value, dict) and value.get("data_path"):
+            value = {**value, "data_path": os.path.abspath(value["data_path"])}  # paths are relative to the caller
         args.append(f"--{key}={_cli_value(value)}")
     return args
 

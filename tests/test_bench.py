@@ -93,6 +93,27 @@ def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch):
     assert (out / "plots" / "tiny_kd_gain.png").exists()
 
 
+def test_transfer_cells_share_their_source_model(tmp_path, monkeypatch):
+    from recbole_kd.bench import run_suite
+    from test_transfer import write_source
+
+    suite = _suite(tmp_path, [
+        {"model": "SASRec-S", "label": "target only", "group": "student"},
+        {"model": "Transfer-SASRec", "label": "encoder (full)", "student_ref": "target only",
+         "settings": {"source": {"dataset": "src", "epochs": 1}}},
+        {"model": "Transfer-SASRec", "label": "encoder (50%)", "student_ref": "target only",
+         "settings": {"source": {"dataset": "src", "epochs": 1}, "train_fraction": 0.5}},
+    ])
+    write_source(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert run_suite(suite, str(tmp_path / "out")) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    phases = {c["label"]: c["result"]["source_phase"] for c in results["cells"] if c["model"] == "Transfer-SASRec"}
+    assert phases == {"encoder (full)": "trained", "encoder (50%)": "cached"}
+    rows = {r["label"]: r for r in results["rows"]}
+    assert rows["encoder (50%)"]["group"] == "transfer" and rows["encoder (50%)"]["vs_student_label"] == "target only"
+
+
 def test_bad_suite_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndatasets: [tiny]\nmodels:\n  - model: SASRec-S\n    group: teachers\n")
