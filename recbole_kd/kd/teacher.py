@@ -79,6 +79,8 @@ def load_teacher(config, dataset, student_params: int | None = None):
     overrides = teacher_overrides(config)
     info = {"teacher": name}
     path = config["teacher_checkpoint"]
+    if isinstance(path, (list, tuple)):  # an ensemble of trained models as the teacher
+        return load_ensemble(config, dataset, list(path), student_params)
     if path:
         info["teacher_source"] = "checkpoint"
     else:
@@ -102,14 +104,38 @@ def load_teacher(config, dataset, student_params: int | None = None):
             )
             os.replace(result["checkpoint"], path)
             info["teacher_source"] = "trained"
+    teacher = _load_checked(config, dataset, path, name)
+    check_teacher_size(config, name, sum(p.numel() for p in teacher.parameters()), student_params)
+    info["teacher_checkpoint"] = path
+    info.update(_sidecar(path))
+    return _freeze(teacher), info
+
+
+def _sidecar(path: str) -> dict:
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(sidecar):
+        return {}
+    with open(sidecar) as f:
+        saved = json.load(f)
+    return {"teacher_test_result": saved.get("test_result"), "teacher_best_valid_result": saved.get("best_valid_result")}
+
+
+def _load_checked(config, dataset, path: str, name: str | None):
+    """A model from one of our checkpoints, refused unless it was trained on this dataset and item
+    vocabulary (and, if ``name`` is given, is that model)."""
+    from recbole_kd.config import build_config
+    from recbole_kd.registry import get_entry
+
     state = load_checkpoint(path, map_location=config["device"])
     meta = state.get("meta", {})
     saved_model = state["config"].get("model")
-    if saved_model != name:
+    if name is not None and saved_model != name:
         raise CheckpointError(
             f"teacher checkpoint {path} holds model {saved_model!r}, but teacher={name!r}; "
             "pass --teacher matching the checkpoint or another --teacher_checkpoint"
         )
+    name = saved_model
+    entry = get_entry(name)
     if state["config"].get("dataset") != config["dataset"]:
         raise CheckpointError(
             f"teacher checkpoint {path} was trained on dataset {state['config'].get('dataset')!r}, not "
@@ -132,14 +158,63 @@ def load_teacher(config, dataset, student_params: int | None = None):
             f"teacher checkpoint {path} does not fit {name} on {config['dataset']} "
             f"({str(exc).splitlines()[0][:160]}); re-train the teacher"
         ) from None
-    check_teacher_size(config, name, sum(p.numel() for p in teacher.parameters()), student_params)
-    info["teacher_checkpoint"] = path
-    sidecar = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(sidecar):
-        with open(sidecar) as f:
-            saved = json.load(f)
-        info["teacher_test_result"] = saved.get("test_result")
-        info["teacher_best_valid_result"] = saved.get("best_valid_result")
+    return teacher
+
+
+class EnsembleTeacher(torch.nn.Module):
+    """Several trained models as one teacher: item scores are the mean of the members'
+    log-probabilities (a geometric-mean ensemble), the hidden representation is the
+    concatenation of theirs. An ensemble is usually stronger than any member, which bounds
+    what distillation can give (Hinton et al. 2015 distil ensembles)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.n_items = members[0].n_items
+        self.max_seq_length = max(getattr(m, "max_seq_length", 1) for m in members)
+        self.hidden_size = sum(int(getattr(m, "hidden_size", None) or m.embedding_size) for m in members)
+
+    def _combine(self, outputs):
+        hidden = torch.cat([h for h, _ in outputs], dim=1)
+        log_probs = torch.stack([torch.log_softmax(l.float(), dim=1) for _, l in outputs]).mean(0)
+        return hidden, log_probs
+
+    def position_outputs(self, inputs, mask):
+        return self._combine([m.position_outputs(inputs, mask) for m in self.members])
+
+    def user_outputs(self, users, item_seq=None, item_seq_len=None):
+        outs = []
+        for m in self.members:
+            if item_seq is not None and hasattr(m, "max_seq_length"):
+                # members may keep shorter histories: the most recent items, left-aligned
+                L = m.max_seq_length
+                seq, lens = _last_items(item_seq, item_seq_len, L)
+                outs.append(m.user_outputs(users, seq, lens))
+            else:
+                outs.append(m.user_outputs(users, item_seq, item_seq_len))
+        return self._combine(outs)
+
+
+def _last_items(item_seq, item_seq_len, L):
+    if item_seq.size(1) <= L:
+        return item_seq, item_seq_len
+    idx = (item_seq_len.unsqueeze(1) - L).clamp(min=0) + torch.arange(L, device=item_seq.device).unsqueeze(0)
+    seq = item_seq.gather(1, idx.clamp(max=item_seq.size(1) - 1))
+    lens = item_seq_len.clamp(max=L)
+    seq = seq.masked_fill(torch.arange(L, device=seq.device).unsqueeze(0) >= lens.unsqueeze(1), 0)
+    return seq, lens
+
+
+def load_ensemble(config, dataset, paths, student_params):
+    if not paths:
+        raise CheckpointError("teacher_checkpoint is an empty list; give one or more checkpoints")
+    members = [_load_checked(config, dataset, p, None) for p in paths]
+    teacher = EnsembleTeacher(members).to(config["device"])
+    names = [type(m).__name__ for m in members]
+    label = "ensemble(" + ", ".join(f"{n} x{names.count(n)}" for n in dict.fromkeys(names)) + ")"
+    check_teacher_size(config, label, sum(p.numel() for p in teacher.parameters()), student_params)
+    info = {"teacher": label, "teacher_source": "checkpoint", "teacher_checkpoint": list(paths),
+            "teacher_members": [_sidecar(p).get("teacher_test_result") for p in paths]}
     return _freeze(teacher), info
 
 
