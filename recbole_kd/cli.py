@@ -11,12 +11,16 @@ USAGE = """usage: python -m recbole_kd --model=MODEL --dataset=DATASET [--config
                           [--data_path=DIR] [--result_file=PATH.json] [--plugins=my_model.py]
                           [--checkpoint_dir=DIR] [--resume] [--strict] [--key=value ...]
        python -m recbole_kd --list
+       python -m recbole_kd bench SUITE.yaml [--dry-run]           (benchmark suites)
+       python -m recbole_kd tune --model=M --dataset=D --space=F   (Ray Tune search; extra [tune])
 
 Trains MODEL on DATASET (leave-one-out by time, full ranking), evaluates the best-on-valid
 checkpoint on test and prints RecBole's `best valid` and `test result` lines.
 Any RecBole or recbole-kd setting can be given as --key=value (highest priority).
 --resume continues the run with the same settings in --checkpoint_dir from its last finished
 epoch (after a crash or kill); --strict refuses unknown settings instead of warning.
+--nproc=N (and --world_size, --ip, --port, --offset for several machines) trains with
+torch.distributed: gloo on CPU, nccl on GPU (see README "Scaling out").
 Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training failed (NaN loss).
 The embedded default dataset is ml-100k (shipped inside the recbole wheel).
 """
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from recbole_kd.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "tune":
+        from recbole_kd.tune import main as tune_main
+
+        return tune_main(argv[1:])
     try:
         options, overrides, flags = parse_args(argv)
     except UsageError as exc:

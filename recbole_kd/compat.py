@@ -35,7 +35,19 @@ trap                        how it is handled
                             (ray 2.6 imports ``pkg_resources``, gone from new
                             setuptools). If ray cannot be imported we register a
                             stand-in module that raises a clear error only when
-                            tuning is actually used.
+                            tuning is actually used. With the ``tune`` extra
+                            (ray 2.6.3, the newest RecBole allows, plus
+                            ``setuptools<81``) ray imports; its pkg_resources
+                            deprecation warning is silenced here, and ray's
+                            ``np.bool8`` (gone in numpy 2) is one of the
+                            aliases of (a); Ray's worker processes apply them
+                            through :func:`ray_worker_setup`.
+(e) distributed on CPU      shim: ``Config._init_device`` always starts an
+                            NCCL process group on ``cuda:<local_rank>``; on a
+                            machine without CUDA we start gloo on the CPU (and
+                            never start a group twice when a run builds
+                            several configs). DDP's ``device_ids`` is handled
+                            in our trainer (CPU modules need ``None``).
 ==========================  ======================================================
 """
 from __future__ import annotations
@@ -61,6 +73,7 @@ _NUMPY_ALIASES = {
     "str": np.str_,
     "long": np.int_,
     "unicode": np.str_,
+    "bool8": np.bool_,  # ray 2.6.3's tune loggers (removed in numpy 2)
 }
 
 
@@ -175,8 +188,12 @@ class _MissingRay(types.ModuleType):
 def patch_ray_import() -> None:
     if "ray" in sys.modules and not isinstance(sys.modules["ray"], _MissingRay):
         return
+    import warnings
+
     try:
-        importlib.import_module("ray.tune")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+            importlib.import_module("ray.tune")
         return
     except Exception as exc:  # ImportError, or ray's own import-time failures
         reason = f"{type(exc).__name__}: {exc}"
@@ -189,6 +206,61 @@ def patch_ray_import() -> None:
     sys.modules["ray.tune"] = tune
 
 
+def ray_worker_setup() -> None:
+    """Ray's ``worker_process_setup_hook``: a Ray worker process imports ray.tune (and our
+    trainable) before any of our code runs, so it needs the numpy aliases first."""
+    _compatibility_settings()
+    apply()
+
+
+# (e) distributed on CPU -------------------------------------------------------------------------
+_ORIGINAL_INIT_DEVICE = None
+
+
+def _init_device(self):
+    d = self.final_config_dict
+    if "local_rank" not in d:
+        return _ORIGINAL_INIT_DEVICE(self)
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    gpu_id = d["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    d["gpu_id"] = gpu_id
+    use_cuda = bool(gpu_id) and d.get("use_gpu", True) is not False and torch.cuda.is_available()
+    if use_cuda:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    local_rank = int(d["local_rank"])
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            rank=local_rank + int(d.get("offset") or 0),
+            world_size=int(d["world_size"]),
+            init_method=f"tcp://{d.get('ip') or 'localhost'}:{d.get('port') or 5678}",
+        )
+    if use_cuda:
+        d["device"] = torch.device("cuda", local_rank)
+        torch.cuda.set_device(local_rank)
+    else:
+        d["device"] = torch.device("cpu")
+    d["single_spec"] = False
+    if local_rank + int(d.get("offset") or 0) != 0:
+        d["state"] = "error"
+        d["show_progress"] = False
+        d["verbose"] = False
+
+
+def patch_init_device() -> None:
+    global _ORIGINAL_INIT_DEVICE
+    from recbole.config.configurator import Config
+
+    if _ORIGINAL_INIT_DEVICE is None:
+        _ORIGINAL_INIT_DEVICE = Config._init_device
+        Config._init_device = _init_device
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -198,4 +270,5 @@ def apply() -> None:
     patch_fill_nan()
     patch_token_seq_agg()
     patch_ray_import()
+    patch_init_device()
     _APPLIED = True

@@ -67,15 +67,24 @@ def prepare(config):
     ``train_fraction`` < 1 (low-resource setting) keeps only each user's most recent
     ``ceil(fraction * n)`` training interactions (at least one); validation and test data, and
     so the test users, are unchanged."""
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    distributed = not config["single_spec"]
+    # distributed mode: RecBole would shard every loader; evaluation loaders stay whole (rank 0
+    # evaluates all users, see recbole_kd.distributed), only the training data is sharded below
+    config["single_spec"] = True
+    try:
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+    finally:
+        config["single_spec"] = not distributed
     entry = get_entry(config["model"])
     adapt = getattr(entry.cls, "build_train_dataloader", None)
     fraction = config["train_fraction"]
     if adapt is not None:
-        train_data = adapt(config, train_data)  # windowed models apply train_fraction themselves
+        train_data = adapt(config, train_data)  # windowed models apply train_fraction (and shard) themselves
     elif fraction is not None and fraction < 1:
         train_data = _reduce_training(config, train_data, fraction)
+    elif distributed:
+        train_data = type(train_data)(config, train_data._dataset, train_data._sampler, shuffle=True)
     return dataset, train_data, valid_data, test_data
 
 
@@ -116,8 +125,17 @@ def run(
     saved: bool = True,
     result_file: str | None = None,
 ) -> dict:
-    """Train ``model`` on ``dataset``, evaluate best-on-valid on test, return a summary dict."""
+    """Train ``model`` on ``dataset``, evaluate best-on-valid on test, return a summary dict.
+
+    With ``nproc`` > 1 or ``world_size`` > 0 (RecBole's distributed settings) the run is spread
+    over processes (:mod:`recbole_kd.distributed`); the summary comes from rank 0."""
     config = build_config(model, dataset, config_files, overrides)
+    if "local_rank" not in (overrides or {}):
+        from recbole_kd import distributed
+
+        if distributed.requested(config):
+            return distributed.launch(config, model, dataset, config_files, overrides, saved, result_file)
+    main_rank = config["single_spec"] or int(config["local_rank"]) + int(config["offset"] or 0) == 0
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     handlers_before = set(logger.handlers)
@@ -149,6 +167,11 @@ def run(
             train_data, valid_data, saved=saved, show_progress=config["show_progress"]
         )
     train_seconds = time.perf_counter() - t0
+    in_sync = None
+    if not config["single_spec"] and not trainer.resume_finished:  # before rank 0 loads its best weights
+        from recbole_kd.distributed import ranks_in_sync
+
+        in_sync = ranks_in_sync(trainer.distributed_model.module)
     t1 = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.perf_counter() - t1
@@ -173,9 +196,19 @@ def run(
         "data_seconds": data_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": trainer.resumed_from,
+        "test_users": trainer.evaluated_users,
         "config": {k: plain(config[k]) for k in ESSENTIAL_KEYS if k in config},
         "machine": machine_info(),
     }
+    if not config["single_spec"]:
+        result["distributed"] = {
+            "world_size": int(config["world_size"]),
+            "nproc": int(config["nproc"] or 1),
+            "ranks_in_sync": in_sync,
+        }
+    if not main_rank:  # rank 0 measures, reports and writes
+        _close_file_handlers(logger, keep=handlers_before)
+        return None
     result.update(cost_report(model_obj, test_data, result["checkpoint"]))
     extra = getattr(trainer, "run_report", None)
     if callable(extra):

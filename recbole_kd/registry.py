@@ -132,6 +132,15 @@ def load_plugin_files(paths) -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+        _PLUGIN_FILES.append(path)
+
+
+_PLUGIN_FILES: list[str] = []
+
+
+def loaded_plugin_files() -> list[str]:
+    """The plugin files loaded so far (a distributed run's worker processes load them again)."""
+    return list(_PLUGIN_FILES)
 
 
 def registered(kind: str | None = None) -> dict[str, ModelEntry]:

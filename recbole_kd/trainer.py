@@ -21,6 +21,8 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_kd import distributed
+
 from recbole_kd.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -63,7 +65,18 @@ class KDTrainerMixin:
     """Safe, atomic checkpoints and per-epoch timing for any RecBole trainer."""
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        if config["single_spec"]:
+            super().__init__(config, model)
+        else:
+            # RecBole wraps the model in DDP with device_ids=[local_rank], which CPU modules refuse;
+            # build the trainer as for one process, then wrap it ourselves (gloo or nccl)
+            config["single_spec"] = True
+            try:
+                super().__init__(config, model)
+            finally:
+                config["single_spec"] = False
+            self.distributed_model = distributed.wrap(config, self.model)
+        self.evaluated_users: int | None = None
         self.epoch_seconds: list[float] = []
         self.checkpoint_meta: dict = {}
         self.run_key = run_key(config)
@@ -144,7 +157,7 @@ class KDTrainerMixin:
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not distributed.is_main(self.config):
             return
         if epoch == -1 and self.resumed_from:
             return  # RecBole's fit saves the current weights as "best" when no epoch is left; keep the real best
@@ -167,7 +180,7 @@ class KDTrainerMixin:
     def _save_last(self, train_data, next_epoch: int, finished: bool = False) -> None:
         """Everything needed to continue exactly here: weights, optimizer, early-stopping state,
         random states, epoch counter (written atomically to ``last_checkpoint_file``)."""
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not distributed.is_main(self.config):
             return
         state = self.checkpoint_state(next_epoch - 1)
         state.update(
@@ -286,11 +299,52 @@ class KDTrainerMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if not eval_data:
             return None
+        if not self.config["single_spec"]:
+            # distributed: rank 0 evaluates every user (the single-process protocol exactly) and
+            # the others take its result, so early stopping decides the same on every rank
+            result = None
+            if distributed.is_main(self.config):
+                self.config["single_spec"] = True  # no all-gather of partial metrics in RecBole's evaluate
+                try:
+                    result = self._evaluate_here(eval_data, load_best_model, model_file, show_progress)
+                finally:
+                    self.config["single_spec"] = False
+            result, self.evaluated_users = distributed.broadcast_object((result, self.evaluated_users))
+            return result
+        return self._evaluate_here(eval_data, load_best_model, model_file, show_progress)
+
+    def _evaluate_here(self, eval_data, load_best_model, model_file, show_progress):
         if load_best_model:
             checkpoint_file = model_file or self.saved_model_file
             self._load_model_state(checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        collect = self.eval_collector.eval_batch_collect
+        users = [0]
+
+        def counting(scores, *args):
+            users[0] += int(scores.shape[0])
+            return collect(scores, *args)
+
+        self.eval_collector.eval_batch_collect = counting
+        try:
+            result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        finally:
+            del self.eval_collector.eval_batch_collect
+        self.evaluated_users = users[0]
+        return result
+
+    # ---- distributed: the DDP wrapper covers the student and any learned helper modules ------------
+    def distribute(self, *extra_modules) -> None:
+        """Re-wrap for DDP after helper modules (a KD projection, a transfer mapping) were added or
+        parameters were frozen / unfrozen (DDP only reduces what required grad when it was built)."""
+        if not self.config["single_spec"]:
+            self.distributed_model = distributed.wrap(self.config, self.model, *extra_modules)
+
+    def sync_grad_loss(self):
+        # every parameter the DDP wrapper reduces must take part in the loss (RecBole's version
+        # covers the student only, and frozen parameters would get no gradient at all)
+        module = self.distributed_model.module
+        return sum(p.sum() * 0 for p in module.parameters() if p.requires_grad)
 
 
 class KDTrainer(KDTrainerMixin, Trainer):

@@ -159,6 +159,45 @@ def test_ray_stub_installed_when_ray_broken(monkeypatch):
     sys.modules.update(saved)
 
 
+def test_ray_tune_imports_with_the_tune_extra():
+    """(d) with the tune extra (ray 2.6.3 + setuptools<81) the real ray.tune imports: its loggers
+    read np.bool8 (gone in numpy 2), one of the aliases of (a)."""
+    import ray
+
+    assert not isinstance(ray, compat._MissingRay), "the test extra installs ray[tune]==2.6.3"
+    from ray import tune
+
+    assert callable(tune.Tuner)
+    assert np.bool8 is np.bool_
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="trap only exists on numpy >= 2")
+def test_ray_tune_trap_is_real_without_alias():
+    code = "from ray import tune"
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0 and "bool8" in proc.stderr
+
+
+def test_distributed_config_on_cpu_uses_gloo(workdir):
+    """(e) RecBole's Config starts an NCCL group on cuda:<rank> whenever local_rank is set; here a
+    one-process gloo group on the CPU, started once even if a run builds several configs."""
+    import torch.distributed as dist
+    from recbole.config import Config
+
+    from recbole_kd.distributed import free_port
+
+    settings = {"state": "WARNING", "local_rank": 0, "world_size": 1, "nproc": 1, "offset": 0,
+                "ip": "127.0.0.1", "port": free_port()}
+    try:
+        cfg = Config(model="BPR", dataset="ml-100k", config_dict=dict(settings))
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+        assert cfg["device"].type == "cpu" and cfg["single_spec"] is False
+        Config(model="BPR", dataset="ml-100k", config_dict=dict(settings))  # no second init_process_group
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_checkpoints_load_safely_and_foreign_pickles_refused(tmp_path):
     """(b) our checkpoints load with weights_only=True; RecBole-style pickles stay refused."""
     ours = tmp_path / "ours.pth"

@@ -8,6 +8,7 @@ from logging import getLogger
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, load_checkpoint
 
@@ -47,6 +48,13 @@ def zoo_key(teacher: str, dataset: str, overrides: dict) -> str:
     return f"{teacher}-{dataset}-{digest}"
 
 
+def zoo_path(config) -> tuple[str, str, str]:
+    """(zoo folder, key, checkpoint path) of this run's teacher."""
+    folder = config["teacher_dir"] or os.path.join(config["checkpoint_dir"], "teachers")
+    key = zoo_key(config["teacher"], config["dataset"], teacher_overrides(config))
+    return folder, key, os.path.join(folder, key + ".pth")
+
+
 def _freeze(model):
     model.eval()
     for p in model.parameters():
@@ -84,12 +92,18 @@ def load_teacher(config, dataset, student_params: int | None = None):
     if path:
         info["teacher_source"] = "checkpoint"
     else:
-        folder = config["teacher_dir"] or os.path.join(config["checkpoint_dir"], "teachers")
-        key = zoo_key(name, config["dataset"], overrides)
-        path = os.path.join(folder, key + ".pth")
+        folder, key, path = zoo_path(config)
         if os.path.isfile(path):
             logger.info(f"teacher zoo: using cached teacher {path}")
             info["teacher_source"] = "zoo"
+        elif not config["single_spec"]:
+            from recbole_kd.config import ConfigError
+
+            raise ConfigError(
+                f"distributed run: teacher {key} is not in {folder}; ranks never train their own teacher. "
+                "The launching machine trains it before starting its processes; on other machines use the "
+                "same teacher_dir on shared storage, or --teacher_checkpoint=PATH"
+            )
         else:
             t_config = build_config(name, config["dataset"], overrides=overrides)
             n_teacher = sum(p.numel() for p in entry.cls(t_config, dataset).parameters())
@@ -325,7 +339,6 @@ class TeacherOutputs:
 
     # ---- cache ------------------------------------------------------------------------------------
     def _build_cache(self, train_data):
-        parts_ids, parts_scores, parts_hidden = [], [], []
         if self.mode == "position":
             table = train_data.table
             from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
@@ -333,26 +346,50 @@ class TeacherOutputs:
             window, own = table[WINDOW_FIELD], table[OWN_FROM_FIELD]
             counts = owned_target_mask(window[:, 1:], own - 1).sum(1)
             self.offsets = torch.cumsum(counts, 0) - counts
-            for i in range(0, window.size(0), self.batch_size):
-                ids, scores, hidden = self.position_rows(window[i : i + self.batch_size], own[i : i + self.batch_size])
-                parts_ids.append(ids.cpu())
-                parts_scores.append(scores.cpu())
-                if hidden is not None:
-                    parts_hidden.append(hidden.cpu())
+            n_rows, rows_per_unit = window.size(0), counts
+
+            def compute(lo, hi):
+                return self._collect(self.position_rows(window[i : min(i + self.batch_size, hi)],
+                                                        own[i : min(i + self.batch_size, hi)])
+                                     for i in range(lo, hi, self.batch_size))
         else:
             users = torch.arange(self.user_row.numel())
             users = users[self.user_row >= 0]
             self.user_index = torch.full_like(self.user_row, -1)
             self.user_index[users] = torch.arange(users.numel())
-            for i in range(0, users.numel(), self.batch_size):
-                ids, scores, hidden = self.user_rows(users[i : i + self.batch_size])
-                parts_ids.append(ids.cpu())
-                parts_scores.append(scores.cpu())
-                if hidden is not None:
-                    parts_hidden.append(hidden.cpu())
-        self.ids = torch.cat(parts_ids).to(torch.int32) if parts_ids else torch.zeros((0, self.topk), dtype=torch.int32)
-        self.scores = torch.cat(parts_scores) if parts_scores else torch.zeros((0, self.topk))
-        self.hidden = torch.cat(parts_hidden) if parts_hidden else None
+            n_rows, rows_per_unit = users.numel(), torch.ones(users.numel(), dtype=torch.long)
+
+            def compute(lo, hi):
+                return self._collect(self.user_rows(users[i : min(i + self.batch_size, hi)])
+                                     for i in range(lo, hi, self.batch_size))
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world == 1 or n_rows < world:
+            self.ids, self.scores, self.hidden = compute(0, n_rows)
+            return
+        # distributed: each rank computes one contiguous block, then every block is broadcast from
+        # the rank that computed it, so the cache is built once and is identical on all ranks
+        from recbole_kd.distributed import broadcast_parts
+
+        bounds = [int(b[0]) if b.numel() else n_rows for b in torch.tensor_split(torch.arange(n_rows), world)] + [n_rows]
+        rank = dist.get_rank()
+        ids, scores, hidden = compute(bounds[rank], bounds[rank + 1])
+        counts = [int(rows_per_unit[bounds[r] : bounds[r + 1]].sum()) for r in range(world)]
+        self.ids = broadcast_parts(ids, counts, ids)
+        self.scores = broadcast_parts(scores, counts, scores)
+        self.hidden = broadcast_parts(hidden, counts, hidden) if hidden is not None else None
+
+    def _collect(self, outputs):
+        parts_ids, parts_scores, parts_hidden = [], [], []
+        for ids, scores, hidden in outputs:
+            parts_ids.append(ids.cpu())
+            parts_scores.append(scores.cpu())
+            if hidden is not None:
+                parts_hidden.append(hidden.cpu())
+        ids = torch.cat(parts_ids).to(torch.int32) if parts_ids else torch.zeros((0, self.topk), dtype=torch.int32)
+        scores = torch.cat(parts_scores).float() if parts_scores else torch.zeros((0, self.topk))
+        hidden = torch.cat(parts_hidden).float() if parts_hidden else None
+        return ids, scores, hidden
 
     def nbytes(self) -> int:
         if not self.cached:

@@ -8,6 +8,7 @@ the optimizer nor the student's checkpoint.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import torch
@@ -59,6 +60,28 @@ class DistillTrainer(KDTrainer):
         self.cache_seconds = 0.0
 
     # ---- set-up (needs the training data, so it happens when fit starts) ----------------------------
+    @staticmethod
+    def prepare_shared(config, build: bool = True) -> None:
+        """Distributed runs: find or train the teacher once, before the ranks start (they then
+        find it in the zoo). ``build=False`` (machines other than the first): only check it is there."""
+        if config["teacher_checkpoint"]:
+            return
+        from recbole.data import create_dataset
+
+        from recbole_kd.config import ConfigError
+        from recbole_kd.kd.teacher import zoo_path
+
+        folder, key, path = zoo_path(config)
+        if not build:
+            if not os.path.isfile(path):
+                raise ConfigError(
+                    f"distributed run: teacher {key} is not in {folder}, and only the machine with offset=0 "
+                    "trains it; give every machine the same teacher_dir on shared storage (start offset=0 "
+                    "first) or pass --teacher_checkpoint=PATH"
+                )
+            return
+        load_teacher(config, create_dataset(config))
+
     def attach_teacher(self, train_data):
         if self.teacher is not None:
             return
@@ -79,6 +102,7 @@ class DistillTrainer(KDTrainer):
             self.optimizer = self._build_optimizer(
                 params=itertools.chain(self.model.parameters(), self.kd_modules.parameters())
             )
+            self.distribute(self.kd_modules)  # distributed: KD helpers' gradients are averaged too
         self.teacher_outputs = TeacherOutputs(
             self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device
         )

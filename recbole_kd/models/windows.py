@@ -119,7 +119,12 @@ class WindowDataLoader:
         self.shuffle = shuffle
         self.uid_field = dataset.uid_field
         self.num_windows = int(table[WINDOW_FIELD].shape[0])
-        self.sampler = None
+        # distributed mode: every rank draws the same epoch order (a generator seeded by seed and
+        # epoch) and takes its own slice of each global batch of ``batch_size`` windows
+        single = config is None or config["single_spec"] is not False
+        self.world = 1 if single else int(config["world_size"])
+        self.rank = 0 if single else int(config["local_rank"]) + int(config["offset"] or 0)
+        self.sampler = _EpochSampler(int(config["seed"] or 0)) if self.world > 1 else None
 
     @property
     def dataset(self):
@@ -149,7 +154,8 @@ class WindowDataLoader:
         if not self.shuffle:
             order = torch.arange(self.num_windows)
             return list(order.split(self.batch_size))
-        order = torch.randperm(self.num_windows)
+        gen = self.sampler.generator() if self.sampler is not None else None
+        order = torch.randperm(self.num_windows, generator=gen)
         if self.group_by_length <= 0:
             return list(order.split(self.batch_size))
         lengths = self.lengths()
@@ -158,16 +164,35 @@ class WindowDataLoader:
             # stable sort keeps the random order among windows of equal length
             chunk = chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices]
             batches += list(chunk.split(self.batch_size))
-        return [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
     def __iter__(self):
         for index in self.batch_order():
+            if self.world > 1:
+                from recbole_kd.distributed import shard
+
+                index = shard(index, self.world, self.rank)
             yield self.batch(index)
 
     def num_targets(self) -> int:
         w = self.table[WINDOW_FIELD]
         pos = torch.arange(w.shape[1]).unsqueeze(0)
         return int(((w > 0) & (pos >= self.table[OWN_FROM_FIELD].unsqueeze(1))).sum())
+
+
+class _EpochSampler:
+    """What RecBole's trainer expects of a distributed training loader (``sampler.set_epoch``):
+    the epoch's order comes from a generator seeded by (seed, epoch), identical on every rank."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
 
 
 def owned_target_mask(window: torch.Tensor, own_from: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,14 @@ def load_source(config, student: str):
     if os.path.isfile(path):
         logger.info(f"transfer: using the cached source model {path}")
         info["source_phase"] = "cached"
+    elif not config["single_spec"]:
+        from recbole_kd.config import ConfigError
+
+        raise ConfigError(
+            f"distributed run: source model {key} is not in {folder}; ranks never train their own source "
+            "model. The launching machine trains it before starting its processes; on other machines use the "
+            "same transfer_dir on shared storage"
+        )
     else:
         logger.info(f"transfer: source phase: training {student} on {dataset} (cached as {path})")
         result = run(student, dataset, overrides={**overrides, "checkpoint_dir": folder, "resume": "auto"},
@@ -137,6 +145,27 @@ class TransferTrainer(KDTrainer):
         self.teacher_shared = None
 
     # ---- set-up ---------------------------------------------------------------------------------------
+    @staticmethod
+    def prepare_shared(config, build: bool = True) -> None:
+        """Distributed runs: train (or find) the source model once, before the ranks start.
+        ``build=False`` (machines other than the first): only check it is there."""
+        from recbole_kd.config import ConfigError
+        from recbole_kd.kd.teacher import zoo_key
+        from recbole_kd.registry import get_entry
+
+        student = getattr(get_entry(config["model"]).cls, "transfer_base", None) or config["model"]
+        if not build:
+            dataset, overrides = source_spec(config)
+            folder = config["transfer_dir"] or os.path.join(config["checkpoint_dir"], "transfer")
+            key = zoo_key(student, dataset, overrides)
+            if not os.path.isfile(os.path.join(folder, key + ".pth")):
+                raise ConfigError(
+                    f"distributed run: source model {key} is not in {folder}, and only the machine with offset=0 "
+                    "trains it; give every machine the same transfer_dir on shared storage (start offset=0 first)"
+                )
+            return
+        load_source(config, student)
+
     def attach_source(self, train_data):
         if self.transfer_info:
             return
@@ -194,6 +223,9 @@ class TransferTrainer(KDTrainer):
         for name, p in self.model.named_parameters():
             if name in self.transferred:
                 p.requires_grad_(not frozen)
+        if getattr(self, "_ddp_frozen", None) != frozen:  # distributed: DDP reduces what requires grad now
+            self.distribute(self.kd_map)
+            self._ddp_frozen = frozen
         if self.kd_map is not None:
             self.kd_map.train()
             loss_func = loss_func or self.transfer_loss
