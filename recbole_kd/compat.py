@@ -231,6 +231,9 @@ def _init_device(self):
     d["gpu_id"] = gpu_id
     use_cuda = bool(gpu_id) and d.get("use_gpu", True) is not False and torch.cuda.is_available()
     if use_cuda:
+        if len(gpu_id.split(",")) < int(d.get("nproc") or 1):
+            raise ValueError(f"nproc={d.get('nproc')} processes need one GPU each in gpu_id (got {gpu_id!r}); "
+                             "e.g. --gpu_id=0,1")
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
     local_rank = int(d["local_rank"])
     if not dist.is_initialized():

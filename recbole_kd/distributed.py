@@ -83,11 +83,19 @@ def wrap(config, *modules):
     return DistributedDataParallel(module, device_ids=ids)
 
 
+def comm_device() -> torch.device:
+    """Where collective tensors must live: CUDA for nccl, CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def ranks_in_sync(module: nn.Module) -> bool:
     """True when every rank holds the same parameters (DDP kept them in sync)."""
     flat = torch.cat([p.detach().float().reshape(-1).cpu() for p in module.parameters()])
     mine = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1) % 9973).sum()]).double()
+    mine = mine.to(comm_device())
     low, high = mine.clone(), mine.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
@@ -109,14 +117,15 @@ def broadcast_parts(parts: list, counts: list[int], like: torch.Tensor) -> torch
     computed on rank ``r`` and broadcast to all. ``parts`` holds this rank's block, ``like`` gives
     the trailing shape and dtype."""
     rank = dist.get_rank()
+    device = comm_device()
     out = torch.empty((sum(counts),) + tuple(like.shape[1:]), dtype=like.dtype)
     start = 0
     for r, n in enumerate(counts):
-        block = out[start : start + n]
-        if r == rank:
-            block.copy_(parts)
         if n:
+            block = parts.to(device) if r == rank else torch.empty((n,) + tuple(like.shape[1:]), dtype=like.dtype,
+                                                                   device=device)
             dist.broadcast(block, src=r)
+            out[start : start + n] = block.cpu()
         start += n
     return out
 
