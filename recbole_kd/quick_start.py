@@ -130,12 +130,10 @@ def run(
     With ``nproc`` > 1 or ``world_size`` > 0 (RecBole's distributed settings) the run is spread
     over processes (:mod:`recbole_kd.distributed`); the summary comes from rank 0."""
     config = build_config(model, dataset, config_files, overrides)
-    if "local_rank" not in (overrides or {}):
-        from recbole_kd import distributed
+    from recbole_kd import distributed
 
-        if distributed.requested(config):
-            return distributed.launch(config, model, dataset, config_files, overrides, saved, result_file)
-    main_rank = config["single_spec"] or int(config["local_rank"]) + int(config["offset"] or 0) == 0
+    if "local_rank" not in (overrides or {}) and distributed.requested(config):
+        return distributed.launch(config, model, dataset, config_files, overrides, saved, result_file)
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     handlers_before = set(logger.handlers)
@@ -169,9 +167,7 @@ def run(
     train_seconds = time.perf_counter() - t0
     in_sync = None
     if not config["single_spec"] and not trainer.resume_finished:  # before rank 0 loads its best weights
-        from recbole_kd.distributed import ranks_in_sync
-
-        in_sync = ranks_in_sync(trainer.distributed_model.module)
+        in_sync = distributed.ranks_in_sync(trainer.distributed_model.module)
     t1 = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.perf_counter() - t1
@@ -206,7 +202,7 @@ def run(
             "nproc": int(config["nproc"] or 1),
             "ranks_in_sync": in_sync,
         }
-    if not main_rank:  # rank 0 measures, reports and writes
+    if not distributed.is_main(config):  # rank 0 measures, reports and writes
         _close_file_handlers(logger, keep=handlers_before)
         return None
     result.update(cost_report(model_obj, test_data, result["checkpoint"]))

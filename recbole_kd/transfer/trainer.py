@@ -67,36 +67,42 @@ def source_spec(config) -> tuple[str, dict]:
     return src["dataset"], overrides
 
 
-def load_source(config, student: str):
-    """The source model (trained first if not cached), its config and training data."""
-    from recbole_kd.config import build_config
+def ensure_source(config, student: str, build: bool = True) -> tuple[str, str]:
+    """(checkpoint path, "cached" | "trained") of the source model, trained first if missing.
+    Distributed ranks and ``build=False`` (machines other than the first) never train it: a missing
+    source model is one clear error."""
+    from recbole_kd.config import ConfigError
     from recbole_kd.kd.teacher import zoo_key
-    from recbole_kd.quick_start import prepare, run
-    from recbole_kd.registry import get_entry
+    from recbole_kd.quick_start import run
 
-    logger = getLogger()
     dataset, overrides = source_spec(config)
     folder = config["transfer_dir"] or os.path.join(config["checkpoint_dir"], "transfer")
     key = zoo_key(student, dataset, overrides)
     path = os.path.join(folder, key + ".pth")
-    info = {"source_dataset": dataset, "source_checkpoint": path}
     if os.path.isfile(path):
-        logger.info(f"transfer: using the cached source model {path}")
-        info["source_phase"] = "cached"
-    elif not config["single_spec"]:
-        from recbole_kd.config import ConfigError
-
+        getLogger().info(f"transfer: using the cached source model {path}")
+        return path, "cached"
+    if not build or not config["single_spec"]:
         raise ConfigError(
-            f"distributed run: source model {key} is not in {folder}; ranks never train their own source "
-            "model. The launching machine trains it before starting its processes; on other machines use the "
-            "same transfer_dir on shared storage"
+            f"distributed run: source model {key} is not in {folder}; only the launching machine (offset=0) "
+            "trains it, before its processes start; give other machines the same transfer_dir on shared storage"
         )
-    else:
-        logger.info(f"transfer: source phase: training {student} on {dataset} (cached as {path})")
-        result = run(student, dataset, overrides={**overrides, "checkpoint_dir": folder, "resume": "auto"},
-                     result_file=os.path.join(folder, key + ".json"))
-        os.replace(result["checkpoint"], path)
-        info["source_phase"] = "trained"
+    getLogger().info(f"transfer: source phase: training {student} on {dataset} (cached as {path})")
+    result = run(student, dataset, overrides={**overrides, "checkpoint_dir": folder, "resume": "auto"},
+                 result_file=os.path.join(folder, key + ".json"))
+    os.replace(result["checkpoint"], path)
+    return path, "trained"
+
+
+def load_source(config, student: str):
+    """The source model (trained first if not cached), its config and training data."""
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_entry
+
+    dataset, overrides = source_spec(config)
+    path, phase = ensure_source(config, student)
+    info = {"source_dataset": dataset, "source_checkpoint": path, "source_phase": phase}
     s_config = build_config(student, dataset, overrides=overrides)
     s_dataset, s_train, _, _ = prepare(s_config)
     model = get_entry(student).cls(s_config, s_train.dataset).to(config["device"])
@@ -149,22 +155,10 @@ class TransferTrainer(KDTrainer):
     def prepare_shared(config, build: bool = True) -> None:
         """Distributed runs: train (or find) the source model once, before the ranks start.
         ``build=False`` (machines other than the first): only check it is there."""
-        from recbole_kd.config import ConfigError
-        from recbole_kd.kd.teacher import zoo_key
         from recbole_kd.registry import get_entry
 
         student = getattr(get_entry(config["model"]).cls, "transfer_base", None) or config["model"]
-        if not build:
-            dataset, overrides = source_spec(config)
-            folder = config["transfer_dir"] or os.path.join(config["checkpoint_dir"], "transfer")
-            key = zoo_key(student, dataset, overrides)
-            if not os.path.isfile(os.path.join(folder, key + ".pth")):
-                raise ConfigError(
-                    f"distributed run: source model {key} is not in {folder}, and only the machine with offset=0 "
-                    "trains it; give every machine the same transfer_dir on shared storage (start offset=0 first)"
-                )
-            return
-        load_source(config, student)
+        ensure_source(config, student, build=build)
 
     def attach_source(self, train_data):
         if self.transfer_info:
