@@ -5,7 +5,8 @@ split, same evaluator), in its own work folder with ``--resume=auto``. A finishe
 as ``cells/<id>.json`` (atomically) the moment it ends, so re-running the suite skips finished
 cells, re-runs failed ones, and an interrupted cell continues from its last epoch checkpoint.
 Cells run elsewhere (e.g. on a lent accelerator) merge by copying their ``cells/*.json`` in and
-running ``--render-only``.
+running ``--render-only``. ``--only PATTERN`` (repeatable) runs a subset of the cells (shell
+pattern on label, model, dataset or cell id); the report still lists every row, unrun ones as such.
 
 Suite file::
 
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import os
@@ -296,7 +298,16 @@ def _fmt_minutes(m: float | None) -> str:
     return "?" if m is None else (f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h")
 
 
-def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_only: bool = False) -> int:
+def selected(cell: Cell, only: list[str] | None) -> bool:
+    """``--only`` patterns (shell-style, case-sensitive) match a cell's label, model, dataset or id."""
+    if not only:
+        return True
+    names = (cell.label, cell.model, cell.dataset, cell.id)
+    return any(fnmatch.fnmatchcase(name, pat) for pat in only for name in names)
+
+
+def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_only: bool = False,
+              only: list[str] | None = None) -> int:
     suite = load_suite(path)
     cells = expand(suite)
     out = output_dir(suite, out)
@@ -305,13 +316,17 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
         rec = cell_record(out, c)
         if rec:
             records[(c.dataset, c.label, c.seed)] = rec
-    todo = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records]
+    if only and not any(selected(c, only) for c in cells):
+        raise SuiteError(f"--only {' '.join(only)} matches no cell of {path}; "
+                         "patterns match a label, model, dataset or cell id (see --dry-run)")
+    todo = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records and selected(c, only)]
     if dry_run:
         print(f"suite {suite['name']}: {len(cells)} cells -> {out}")
         total, unknown = 0.0, 0
         for c in cells:
             state = ("done" if (c.dataset, c.label, c.seed) in records else
-                     f"skip ({c.skip})" if c.skip else "failed before" if failed_record(out, c) else "to run")
+                     f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
+                     "failed before" if failed_record(out, c) else "to run")
             est = None if state != "to run" and not state.startswith("failed") else estimate_minutes(c, records)
             if est is not None:
                 total += est
@@ -353,9 +368,13 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
             render(suite, cells, records, out)
             return 130
     render(suite, cells, records, out)
-    failed = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records]
+    failed = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records
+              and selected(c, only)]
+    unselected = sum(1 for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records
+                     and not selected(c, only))
     print(f"[bench] {len(records)}/{len(cells)} cells done, {sum(1 for c in cells if c.skip)} skipped, "
-          f"{len(failed)} not done; report: {os.path.join(out, 'README.md')}")
+          f"{len(failed)} not done" + (f", {unselected} not selected by --only" if unselected else "")
+          + f"; report: {os.path.join(out, 'README.md')}")
     return 1 if failed and not render_only else 0
 
 
@@ -597,9 +616,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="output folder (default: benchmarks/results/<name> for suites in benchmarks/suites)")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and the estimated time; run nothing")
     ap.add_argument("--render-only", action="store_true", help="rebuild the report from the stored cells")
+    ap.add_argument("--only", action="append", metavar="PATTERN",
+                    help="run only cells whose label, model, dataset or id matches this shell pattern "
+                         "(repeatable; e.g. --only 'MF*' --only '*shared_tokens*'); the report still lists every row")
     args = ap.parse_args(argv)
     try:
-        return run_suite(args.suite, args.out, dry_run=args.dry_run, render_only=args.render_only)
+        return run_suite(args.suite, args.out, dry_run=args.dry_run, render_only=args.render_only, only=args.only)
     except SuiteError as exc:
         print(f"recbole-kd bench: error: {exc}", file=sys.stderr)
         return 2

@@ -128,3 +128,21 @@ def test_pareto_front():
 
     pts = [(1, 0.10), (2, 0.09), (3, 0.12), (4, 0.12), (10, 0.20)]
     assert pareto_front(pts) == [0, 2, 4]
+
+
+def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatch, capsys):
+    from recbole_kd.bench import main
+
+    suite = _suite(tmp_path, [{"model": "SASRec-S", "group": "student"}, {"model": "MF-S", "group": "baseline"}])
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert main([suite, "--out", str(out), "--dry-run", "--only", "MF*"]) == 0
+    dry = capsys.readouterr().out
+    assert "not selected" in dry and "to run: 1 cells" in dry
+    assert main([suite, "--out", str(out), "--only", "MF*"]) == 0
+    assert sorted(p.name for p in (out / "cells").iterdir()) == ["tiny__MF-S__seed2020.json"]
+    assert "1 not selected by --only" in capsys.readouterr().out
+    report = (out / "README.md").read_text()
+    assert "| baseline | MF-S | MF-S | 1/1 |" in report and "| student | SASRec-S | SASRec-S | 0/1 | not run yet" in report
+    assert main([suite, "--out", str(out), "--only", "GRU*"]) == 2
+    assert "matches no cell" in capsys.readouterr().err
