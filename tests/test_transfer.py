@@ -176,3 +176,23 @@ def test_low_resource_keeps_recent_training_and_same_test_users(model, data):
         for u in users[:5]:  # the most recent interactions of each user are the ones kept
             mine = inter["timestamp"][inter["user_id"] == u]
             assert torch.equal(kept["timestamp"][kept["user_id"] == u], mine[len(mine) - keep_recent(len(mine), 0.2):])
+
+
+def test_source_data_path_target_folder_else_embedded(data, tmp_path):
+    """The source is read from the target's data folder; the embedded ml-100k (not in that folder)
+    is found in RecBole's own folder, so it can be the source for any target; an explicit
+    ``source: {data_path: ...}`` wins."""
+    from recbole_kd.config import build_config
+    from recbole_kd.transfer.trainer import source_spec
+
+    def spec(source):
+        cfg = build_config("Transfer-SASRec", "tiny", overrides={"data_path": data, "source": source})
+        return source_spec(cfg)
+
+    assert os.path.samefile(spec({"dataset": "src"})[1]["data_path"], data)
+    name, over = spec({"dataset": "ml-100k"})
+    assert name == "ml-100k" and "data_path" not in over  # RecBole's default: recbole/dataset_example
+    s_cfg = build_config("SASRec-S", "ml-100k", overrides=over)
+    assert os.path.isfile(os.path.join(s_cfg["data_path"], "ml-100k.inter"))
+    assert spec({"dataset": "ml-100k", "data_path": str(tmp_path)})[1]["data_path"] == str(tmp_path)
+    assert os.path.samefile(spec({"dataset": "nowhere"})[1]["data_path"], data)  # unknown: error names that folder

@@ -62,9 +62,19 @@ def source_spec(config) -> tuple[str, dict]:
     if not isinstance(src, dict) or not src.get("dataset"):
         raise ConfigError("a transfer model needs a source dataset: --source=NAME or source: {dataset: NAME, ...}")
     overrides = {k: config[k] for k in _SHARED + _ARCH if k in config and config[k] is not None}
-    overrides["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
+    dataset = src["dataset"]
+    parent = os.path.dirname(os.path.normpath(config["data_path"]))  # the target's data folder
+    if os.path.isfile(os.path.join(parent, dataset, f"{dataset}.inter")) or not _embedded(dataset):
+        overrides["data_path"] = parent
+    # else: RecBole's default folder, so the embedded ml-100k (inside its wheel) is a source for any target
     overrides.update({k: v for k, v in src.items() if k != "dataset"})
-    return src["dataset"], overrides
+    return dataset, overrides
+
+
+def _embedded(dataset: str) -> bool:
+    import recbole
+
+    return os.path.isfile(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset, f"{dataset}.inter"))
 
 
 def ensure_source(config, student: str, build: bool = True) -> tuple[str, str]:
