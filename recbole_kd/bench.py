@@ -348,8 +348,9 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
                     eta = statistics.mean(ran) / 60 * len(left)
                 else:
                     eta = None
-                print(f"[bench] {len(cells) - len(todo) + n}/{len(cells)} cells done or skipped · running {c.id} · "
-                      f"ETA {_fmt_minutes(eta)}", flush=True)
+                progress = (f"{n}/{len(todo)} selected cells run" if only else
+                            f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
+                print(f"[bench] {progress} · running {c.id} · ETA {_fmt_minutes(eta)}", flush=True)
                 t0 = time.perf_counter()
                 rec = run_cell(c, out, records)
                 ran.append(time.perf_counter() - t0)

@@ -141,7 +141,9 @@ def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatc
     assert "not selected" in dry and "to run: 1 cells" in dry
     assert main([suite, "--out", str(out), "--only", "MF*"]) == 0
     assert sorted(p.name for p in (out / "cells").iterdir()) == ["tiny__MF-S__seed2020.json"]
-    assert "1 not selected by --only" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "[bench] 0/1 selected cells run · running tiny__MF-S__seed2020" in printed
+    assert "1 not selected by --only" in printed
     report = (out / "README.md").read_text()
     assert "| baseline | MF-S | MF-S | 1/1 |" in report and "| student | SASRec-S | SASRec-S | 0/1 | not run yet" in report
     assert main([suite, "--out", str(out), "--only", "GRU*"]) == 2
