@@ -9,6 +9,7 @@ and it needs very many epochs on this CPU, so it is trained with --stock_batch 2
 SASRec-S uses its default batch of 128 windows (each window carries up to 50 targets).
 
     OMP_NUM_THREADS=1 python benchmarks/engine_speed.py [--stopping_step 3] [--max_epochs 60] [--stock_batch 256]
+    OMP_NUM_THREADS=1 python benchmarks/engine_speed.py --phase speed --name engine_speed_ml-100k_speed  # speed only
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main():
     ap.add_argument("--max_epochs", type=int, default=60)
     ap.add_argument("--stock_batch", type=int, default=256)
     ap.add_argument("--speed_epochs", type=int, default=2)
+    ap.add_argument("--name", default="engine_speed_ml-100k", help="output name under benchmarks/results/")
     ap.add_argument("--phase", choices=["speed", "all"], default="all",
                     help="speed: only seconds per epoch; all: also train both to convergence")
     args = ap.parse_args()
@@ -101,7 +103,7 @@ def report(args, cells):
             md.append(f"| {model} | {batch} | {c['epochs_run']} | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | "
                       f"{t['mrr@10']:.4f} | {c['wall_seconds']:.0f} |")
         md += ["", f"Test NDCG@10 ratio ours / RecBole: {summary['ndcg_ratio']:.3f} (target >= 1.0)."]
-    write_outputs("engine_speed_ml-100k", {"summary": summary, "cells": cells, "args": vars(args)}, "\n".join(md))
+    write_outputs(args.name, {"summary": summary, "cells": cells, "args": vars(args)}, "\n".join(md))
     print("\n".join(md), flush=True)
 
 
