@@ -103,3 +103,47 @@ def test_gate_excludes_rows_where_teacher_misses():
 def test_unknown_loss_name():
     with pytest.raises(KeyError, match="unknown KD loss 'nope'"):
         get_kd_loss("nope")
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("name", sorted(["hard", "soft", "rd", "rrd", "hint"]))
+def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, with_bias):
+    """The distillation trainer hands losses an ItemScores (scores computed where read, chunked
+    normaliser) instead of the [M, N] logits: same value and same gradients for every loss, and the
+    student's own cross-entropy through log_prob_of is unchanged too."""
+    from recbole_kd.fused import ItemScores
+
+    torch.manual_seed(3)
+    hidden = torch.randn(M, D, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(N, D, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(N, dtype=torch.float64, requires_grad=True) if with_bias else None
+    teacher = torch.randn(M, N, dtype=torch.float64) * 3
+    params = [t for t in (hidden, weight, bias) if t is not None]
+    proj = nn.Linear(D, D, bias=False).double()
+    t_hidden = torch.randn(M, D, dtype=torch.float64)
+
+    def loss_and_grads(lazy):
+        full = hidden @ weight.t() + (bias if with_bias else 0)
+        scores = ItemScores(hidden, weight, bias) if lazy else full
+        x = inputs(scores, teacher, hidden_s=hidden, hidden_t=t_hidden, modules=nn.ModuleDict({"hint": proj}))
+        torch.manual_seed(4)  # rrd samples its uninteresting items
+        value = call(name, x).sum() - x.log_prob_of(x.targets).mean()
+        return value, torch.autograd.grad(value, params)
+
+    lazy_value, lazy_grads = loss_and_grads(True)
+    full_value, full_grads = loss_and_grads(False)
+    assert torch.allclose(lazy_value, full_value, atol=1e-10)
+    for a, b in zip(lazy_grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_lazy_item_scores_full_matches_and_logsumexp_is_chunked():
+    from recbole_kd.fused import ItemScores, linear_logsumexp
+
+    torch.manual_seed(5)
+    h, w, b = torch.randn(9, 4, dtype=torch.float64), torch.randn(23, 4, dtype=torch.float64), torch.randn(23, dtype=torch.float64)
+    s = ItemScores(h, w, b)
+    assert s.shape == (9, 23) and s.size(1) == 23 and torch.allclose(s.full(), h @ w.t() + b)
+    assert torch.allclose(s.log_softmax().full(), torch.log_softmax(h @ w.t() + b, 1))
+    for rows in (1, 4, 100):  # chunk sizes: one row, uneven, one chunk
+        assert torch.allclose(linear_logsumexp(h, w, b, rows=rows), torch.logsumexp(h @ w.t() + b, 1))

@@ -69,3 +69,53 @@ def test_length_sorted_inference_equals_one_padded_pass(name, tmp_path):
     assert int(lens.max()) == seq.size(1) and int(lens.min()) < 10  # full and short histories
     with torch.no_grad():
         torch.testing.assert_close(model.forward(seq, lens), model.last_hidden(seq, lens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 7, 64, 1000])
+def test_chunked_linear_cross_entropy_equals_plain_cross_entropy(with_bias, rows):
+    """Same loss and same gradients (hidden, weight, bias) as F.cross_entropy on the full logits,
+    whatever the chunk size (1 row, uneven last chunk, one chunk)."""
+    import torch.nn.functional as F
+
+    from recbole_kd.fused import linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(13, dtype=torch.float64, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, 13, (50,))
+    ref = F.cross_entropy(hidden @ weight.t() + (bias if with_bias else 0), targets)
+    ref_grads = torch.autograd.grad(3 * ref, [t for t in (hidden, weight, bias) if t is not None])
+    ours = linear_cross_entropy(hidden, weight, targets, bias, rows=rows)
+    grads = torch.autograd.grad(3 * ours, [t for t in (hidden, weight, bias) if t is not None])
+    assert torch.allclose(ours, ref, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-12)
+    with torch.no_grad():  # evaluation: the loss only, no gradient buffers
+        assert torch.allclose(linear_cross_entropy(hidden, weight, targets, bias, rows=rows), ref, atol=1e-12)
+
+
+def test_windowed_ce_loss_uses_the_chunked_path_with_the_same_value(tiny_data, workdir):
+    """SASRec-S's training loss equals the plain full-softmax cross-entropy over its own logits,
+    and its FeedForward GELU equals RecBole's erf formula."""
+    import torch.nn.functional as F
+    from recbole.model.layers import FeedForward
+
+    from recbole_kd.config import build_config
+    from recbole_kd.models.windows import WINDOW_FIELD
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_model
+
+    cfg = build_config("SASRec-S", "tiny", overrides={"data_path": tiny_data, "state": "WARNING"})
+    _, train, _, _ = prepare(cfg)
+    model = get_model("SASRec-S")(cfg, train.dataset).eval()
+    loader = model.build_train_dataloader(cfg, train)
+    batch = next(iter(loader))
+    assert batch[WINDOW_FIELD].numel() > 0
+    hidden, targets, _ = model.window_outputs(batch)
+    assert torch.allclose(model.calculate_loss(batch), F.cross_entropy(model.item_logits(hidden), targets), atol=1e-5)
+    x = torch.randn(200) * 3
+    ff = model.trm_encoder.layer[0].feed_forward
+    assert ff.intermediate_act_fn is F.gelu
+    assert torch.allclose(ff.intermediate_act_fn(x), FeedForward.gelu(None, x), atol=1e-6)

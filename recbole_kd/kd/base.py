@@ -9,12 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_kd.fused import ItemLogProbs, ItemScores
+
 
 @dataclass
 class KDInputs:
     """One row per distilled sample (a window position, or a user-item interaction)."""
 
-    student_logits: torch.Tensor  # [M, N] student scores over all items
+    # [M, N] student scores over all items: a tensor, or an ``ItemScores`` that computes only the
+    # scores a loss reads (``gather(1, ids)``); write losses with gather / size, not full-tensor ops
+    student_logits: "torch.Tensor | ItemScores"
     student_hidden: torch.Tensor  # [M, d_s] student representation
     teacher_ids: torch.Tensor  # [M, K] teacher's top-K items, best first
     teacher_scores: torch.Tensor  # [M, K] teacher's scores of those items
@@ -23,10 +27,17 @@ class KDInputs:
     modules: nn.ModuleDict = field(default_factory=nn.ModuleDict)
 
     @cached_property
-    def log_probs(self) -> torch.Tensor:
+    def log_probs(self) -> "torch.Tensor | ItemLogProbs":
         """log_softmax of the student's scores over all items, computed once per batch and
-        shared by the student's own cross-entropy and every KD loss that needs it."""
+        shared by the student's own cross-entropy and every KD loss that needs it (read it with
+        ``gather(1, ids)``: with ``ItemScores`` only the normaliser is computed over all items)."""
+        if isinstance(self.student_logits, ItemScores):
+            return self.student_logits.log_softmax()
         return F.log_softmax(self.student_logits, dim=1)
+
+    def log_prob_of(self, items: torch.Tensor) -> torch.Tensor:
+        """[M] student log-probability of one item per row (e.g. the ground truth)."""
+        return self.log_probs.gather(1, items.unsqueeze(1)).squeeze(1)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from recbole.utils import init_seed
 from torch import nn
 
 from recbole_kd.kd.base import KDInputs, get_kd_loss
+from recbole_kd.fused import ItemScores
 from recbole_kd.kd.gate import gate_weights, weighted_mean
 from recbole_kd.kd.teacher import TeacherOutputs, load_teacher
 from recbole_kd.trainer import KDTrainer
@@ -121,7 +122,10 @@ class DistillTrainer(KDTrainer):
     # ---- the loss ---------------------------------------------------------------------------------
     def kd_inputs(self, interaction):
         rows = self.model.kd_rows(interaction)
-        logits = self.model.item_logits(rows["hidden"])
+        output_layer = getattr(self.model, "output_layer", None)
+        # scores computed where the losses read them (top-K, samples) plus a chunked normaliser, not
+        # the [M, n_items] logits: a distillation epoch then costs little more than a plain one
+        logits = ItemScores(rows["hidden"], *output_layer()) if output_layer else self.model.item_logits(rows["hidden"])
         ids, scores, t_hidden = self.teacher_outputs.rows(rows["keys"], interaction)
         x = KDInputs(
             student_logits=logits,

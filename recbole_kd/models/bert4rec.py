@@ -25,8 +25,8 @@ class FastBERT4Rec(TransformerSequentialModel):
         self.mask_token = self.n_items
         self.output_bias = nn.Parameter(torch.zeros(self.n_items))
 
-    def item_logits(self, hidden):
-        return hidden @ self.item_table()[: self.n_items].t() + self.output_bias
+    def output_layer(self):
+        return self.item_table()[: self.n_items], self.output_bias  # [MASK] is never a target
 
     def _append_mask(self, item_seq, item_seq_len):
         """History + [MASK]; a full-length history drops its oldest item to make room."""

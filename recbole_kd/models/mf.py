@@ -13,6 +13,10 @@ class DistillableMF(BPR):
     def hidden_size(self) -> int:
         return self.embedding_size
 
+    def output_layer(self):
+        """(weight, bias) of the scoring layer: logits = hidden @ weight.T."""
+        return self.item_embedding.weight, None
+
     def item_logits(self, hidden):
         return hidden @ self.item_embedding.weight.t()
 

@@ -14,6 +14,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_kd.fused import linear_cross_entropy
 from recbole_kd.models.windows import (
     OWN_FROM_FIELD,
     WINDOW_FIELD,
@@ -132,12 +133,23 @@ class WindowedSequentialModel(SequentialRecommender):
         hidden = self.encode(inputs)
         return hidden[mask], targets[mask], mask
 
+    def output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [N, d], bias [N] or None) of the scoring layer: logits = hidden @ weight.T + bias."""
+        return self.item_table(), None
+
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_table().t()
+        weight, bias = self.output_layer()
+        logits = hidden @ weight.t()
+        return logits if bias is None else logits + bias
 
     def main_loss(self, hidden, targets, logits=None):
         if self.loss_type == "CE":
-            return F.cross_entropy(self.item_logits(hidden) if logits is None else logits, targets)
+            if logits is not None:
+                return F.cross_entropy(logits, targets)
+            weight, bias = self.output_layer()
+            # the same loss and gradients as F.cross_entropy(self.item_logits(hidden), targets), without
+            # the [M, n_items] logits in memory (see recbole_kd/fused.py)
+            return linear_cross_entropy(hidden, weight, targets, bias)
         return sampled_softmax_loss(hidden, targets, self.item_table(), self.num_negatives)
 
     def calculate_loss(self, interaction):
@@ -153,7 +165,7 @@ class WindowedSequentialModel(SequentialRecommender):
     def kd_main_loss(self, interaction, rows, x):
         """The student's own loss inside distillation; ``x`` (KDInputs) shares the log-softmax."""
         if self.loss_type == "CE":
-            return F.nll_loss(x.log_probs, rows["targets"])
+            return -x.log_prob_of(rows["targets"]).mean()
         return self.main_loss(rows["hidden"], rows["targets"])
 
     def position_outputs(self, inputs: torch.Tensor, mask: torch.Tensor):
@@ -207,6 +219,11 @@ class TransformerSequentialModel(WindowedSequentialModel):
             hidden_act=self.hidden_act,
             layer_norm_eps=self.layer_norm_eps,
         )
+        if self.hidden_act == "gelu":
+            # RecBole's FeedForward.gelu is x * 0.5 * (1 + erf(x / sqrt(2))) in five tensor ops; torch's
+            # exact (erf) GELU is the same function in one kernel (~2.5 s of a 19 s ml-100k epoch here)
+            for layer in self.trm_encoder.layer:
+                layer.feed_forward.intermediate_act_fn = F.gelu
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         self.apply(self._init_weights)

@@ -1,0 +1,187 @@
+"""Full-softmax cross-entropy over all items without materialising the [M, n_items] logits.
+
+``F.cross_entropy(hidden @ weight.T + bias, targets)`` writes the logits, reads them back for the
+log-softmax, keeps them for backward and reads them twice more there: on CPU that memory traffic
+costs more than the matrix products (ml-100k, 97k positions x 1,683 items: 5-6 s per epoch of
+SASRec-S). Here the rows are processed in cache-sized chunks and each chunk's gradient
+(softmax - one-hot) is folded into the gradients of ``hidden``, ``weight`` and ``bias`` at once,
+in the forward pass (the loss is a scalar, so backward only scales them): same loss and gradients
+to float rounding, about 4x faster on this CPU, and the peak memory of the loss no longer grows
+with the catalogue (the idea of Liger-Kernel's fused linear cross-entropy).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ELEMENTS = 1 << 20  # logits per chunk (4 MB in float32: stays in cache)
+MIN_CHUNK_ROWS = 64
+
+
+def chunk_rows(n_items: int) -> int:
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(int(n_items), 1))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, rows):
+        m = hidden.shape[0]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if bias is not None and need_b else None
+        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        weight_t = weight.t()
+        for start in range(0, m, rows):
+            h = hidden[start : start + rows]
+            t = targets[start : start + rows].unsqueeze(1)
+            logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+            lse = torch.logsumexp(logits, 1, keepdim=True)
+            total += (lse - logits.gather(1, t)).sum(dtype=torch.float64)
+            if grad_h is None and grad_w is None and grad_b is None:
+                continue
+            prob = logits.sub_(lse).exp_()  # softmax, in place of the logits
+            prob.scatter_add_(1, t, prob.new_full(t.shape, -1.0))  # d(sum of losses) / d logits
+            if grad_h is not None:
+                torch.mm(prob, weight, out=grad_h[start : start + rows])
+            if grad_w is not None:
+                grad_w.addmm_(prob.t(), h)
+            if grad_b is not None:
+                grad_b += prob.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.count = max(m, 1)
+        return (total / ctx.count).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = grad_out / ctx.count
+        return (
+            None if grad_h is None else grad_h * scale,
+            None if grad_w is None else grad_w * scale,
+            None if grad_b is None else grad_b * scale,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(hidden, weight, targets, bias=None, rows: int | None = None) -> torch.Tensor:
+    """Mean of ``F.cross_entropy(hidden @ weight.T + bias, targets)`` computed chunk by chunk.
+
+    ``hidden`` [M, d], ``weight`` [N, d], ``bias`` [N] or None, ``targets`` [M] class ids in [0, N).
+    Gradients flow to ``hidden``, ``weight`` and ``bias`` (not twice differentiable)."""
+    if hidden.shape[0] == 0:  # nothing to chunk: the plain formula (NaN, as F.cross_entropy gives)
+        logits = hidden @ weight.t()
+        return F.cross_entropy(logits if bias is None else logits + bias, targets)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows or chunk_rows(weight.shape[0]))
+
+
+class _LinearLogSumExp(torch.autograd.Function):
+    """Row-wise logsumexp of ``hidden @ weight.T + bias`` [M], chunk by chunk; backward recomputes
+    each chunk's softmax instead of keeping the [M, N] logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows):
+        out = hidden.new_empty(hidden.shape[0])
+        weight_t = weight.t()
+        for start in range(0, hidden.shape[0], rows):
+            h = hidden[start : start + rows]
+            logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+            torch.logsumexp(logits, 1, out=out[start : start + rows])
+        ctx.save_for_backward(hidden, weight, bias, out)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if bias is not None and need_b else None
+        weight_t = weight.t()
+        for start in range(0, hidden.shape[0], ctx.rows):
+            sl = slice(start, start + ctx.rows)
+            h = hidden[sl]
+            logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+            prob = logits.sub_(lse[sl].unsqueeze(1)).exp_().mul_(grad_out[sl].unsqueeze(1))
+            if grad_h is not None:
+                torch.mm(prob, weight, out=grad_h[sl])
+            if grad_w is not None:
+                grad_w.addmm_(prob.t(), h)
+            if grad_b is not None:
+                grad_b += prob.sum(0)
+        return grad_h, grad_w, grad_b, None
+
+
+def linear_logsumexp(hidden, weight, bias=None, rows: int | None = None) -> torch.Tensor:
+    """``torch.logsumexp(hidden @ weight.T + bias, 1)`` [M] without the [M, N] logits in memory."""
+    return _LinearLogSumExp.apply(hidden, weight, bias, rows or chunk_rows(weight.shape[0]))
+
+
+class ItemScores:
+    """Scores of every item for M rows (``hidden @ weight.T + bias``, [M, N]) computed only where
+    they are read. Stands in for the score tensor in what KD losses do with it: ``gather(1, ids)``,
+    ``size()``, ``shape``, ``device``, ``log_softmax()``; ``full()`` materialises all of it (for a
+    custom loss that needs every score; costs the [M, N] tensor)."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.hidden, self.weight, self.bias = hidden, weight, bias
+        self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._lse: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.hidden.shape[0], self.weight.shape[0]))
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    def gather(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        """``scores.gather(1, index)`` for index [M, K]; the same index object is scored once."""
+        if dim not in (1, -1):
+            raise ValueError("ItemScores.gather: only dim=1 (items) is supported")
+        hit = self._gathered.get(id(index))
+        if hit is not None and hit[0] is index:
+            return hit[1]
+        out = torch.bmm(self.weight[index], self.hidden.unsqueeze(2)).squeeze(2)
+        if self.bias is not None:
+            out = out + self.bias[index]
+        self._gathered[id(index)] = (index, out)
+        return out
+
+    def logsumexp(self) -> torch.Tensor:
+        if self._lse is None:
+            self._lse = linear_logsumexp(self.hidden, self.weight, self.bias)
+        return self._lse
+
+    def log_softmax(self) -> "ItemLogProbs":
+        return ItemLogProbs(self)
+
+    def full(self) -> torch.Tensor:
+        logits = self.hidden @ self.weight.t()
+        return logits if self.bias is None else logits + self.bias
+
+
+class ItemLogProbs:
+    """log_softmax over all items of an ``ItemScores``, read with ``gather(1, ids)`` (or ``full()``)."""
+
+    def __init__(self, scores: ItemScores):
+        self.scores = scores
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.scores.shape
+
+    def size(self, dim: int | None = None):
+        return self.scores.size(dim)
+
+    def gather(self, dim: int, index: torch.Tensor) -> torch.Tensor:
+        return self.scores.gather(dim, index) - self.scores.logsumexp().unsqueeze(1)
+
+    def full(self) -> torch.Tensor:
+        return F.log_softmax(self.scores.full(), dim=1)
