@@ -1,0 +1,103 @@
+"""Issue 4 target "a distillation epoch <= 1.3 x a plain student epoch (teacher cached)", measured
+in one run: the same student trained alone and distilled with each KD loss, timed alternately
+(round-robin, ``--rounds`` times) so that load on this shared CPU hits every configuration alike.
+
+The teacher is trained for ``--teacher_epochs`` (its quality does not change the cost of a
+distillation epoch: its top-K is computed once, before the first epoch, and reported separately).
+
+    OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset ml-100k
+    OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset amazon-beauty-5core --data_path ../shared/datasets \
+        --student_set hidden_size=32 inner_size=64
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+
+from common import run_cell, write_outputs
+from kd_benchmark import parse_sets
+
+LOSSES = ["hard", "soft", "rd", "rrd", "hint"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--data_path", default=None)
+    ap.add_argument("--teacher", default="SASRec-L")
+    ap.add_argument("--teacher_epochs", type=int, default=1)
+    ap.add_argument("--teacher_set", nargs="*", help="key=value settings for the teacher")
+    ap.add_argument("--student_set", nargs="*", help="key=value settings for the student (alone and distilled)")
+    ap.add_argument("--losses", nargs="+", default=LOSSES + ["rrd+hint"], help="KD losses; a+b combines them")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per timed run")
+    ap.add_argument("--rounds", type=int, default=2, help="round-robin repetitions")
+    args = ap.parse_args()
+
+    common = {"show_progress": False, "state": "WARNING"}
+    if args.data_path:
+        common["data_path"] = os.path.abspath(args.data_path)
+    work = tempfile.mkdtemp(prefix="kd-epoch-cost-")
+    teacher = run_cell(args.teacher, args.dataset, os.path.join(work, "teacher"), epochs=args.teacher_epochs,
+                       **common, **parse_sets(args.teacher_set))
+    ckpt = os.path.join(work, "teacher", teacher["checkpoint"])
+    student = parse_sets(args.student_set)
+    configs = {"alone": ("SASRec-S", {})}
+    for spec in args.losses:
+        configs[f"kd:{spec}"] = ("KD-SASRec", {"kd_losses": {name: 1.0 for name in spec.split("+")},
+                                               "teacher": args.teacher, "teacher_checkpoint": ckpt})
+    runs = {name: [] for name in configs}
+    for r in range(args.rounds):
+        for name, (model, overrides) in configs.items():
+            res = run_cell(model, args.dataset, os.path.join(work, f"{name.replace(':', '-')}-{r}"),
+                           epochs=args.epochs, stopping_step=1000, resume=False, **common, **student, **overrides)
+            runs[name].append(res)
+            print(f"[kd-epoch-cost] round {r} {name}: {res['train_seconds_per_epoch']:.2f} s/epoch", flush=True)
+
+    def per_epoch(name):
+        return statistics.median(res["train_seconds_per_epoch"] for res in runs[name])
+
+    base = per_epoch("alone")
+    rows, md = {}, []
+    md += [
+        f"# Cost of a distillation epoch on {args.dataset} (teacher top-K cached)",
+        "",
+        f"Teacher {args.teacher} ({teacher['num_params']:,} parameters, {args.teacher_epochs} epoch(s); its quality "
+        f"does not change the cost). Student SASRec-S {student or '(defaults)'} "
+        f"({runs['alone'][0]['num_params']:,} parameters). Each configuration trained {args.epochs} epochs, "
+        f"{args.rounds} rounds, round-robin; median seconds per training epoch (the teacher cache is built once "
+        "before the first epoch and listed separately).",
+        "",
+        "| configuration | s / epoch (median) | vs student alone | teacher cache build (s) | cache (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in configs:
+        sec = per_epoch(name)
+        cache = [res.get("teacher_setup_seconds") for res in runs[name] if res.get("teacher_setup_seconds") is not None]
+        size = runs[name][0].get("teacher_cache_bytes")
+        rows[name] = {
+            "seconds_per_epoch": sec,
+            "all_seconds_per_epoch": [res["train_seconds_per_epoch"] for res in runs[name]],
+            "ratio_vs_alone": sec / base,
+            "teacher_setup_seconds": statistics.median(cache) if cache else None,
+            "teacher_cache_bytes": size,
+        }
+        md.append(
+            f"| {name} | {sec:.2f} | {sec / base:.2f}x | "
+            f"{'-' if not cache else f'{statistics.median(cache):.1f}'} | {'-' if not size else f'{size / 2**20:.1f}'} |"
+        )
+    worst = max((n for n in rows if n != "alone"), key=lambda n: rows[n]["ratio_vs_alone"])
+    met = rows[worst]["ratio_vs_alone"] <= 1.3
+    md += ["", f"Slowest distillation: `{worst}`, {rows[worst]['ratio_vs_alone']:.2f}x a plain student epoch "
+               f"(target <= 1.3x: {'met' if met else 'MISSED'} for every loss listed)."
+           if met else
+           f"Slowest distillation: `{worst}`, {rows[worst]['ratio_vs_alone']:.2f}x a plain student epoch (target <= 1.3x: "
+           f"MISSED for {', '.join(n for n in rows if n != 'alone' and rows[n]['ratio_vs_alone'] > 1.3)})."]
+    write_outputs(f"kd_epoch_cost_{args.dataset}", {"rows": rows, "args": vars(args), "teacher": {
+        k: teacher.get(k) for k in ("model", "num_params", "epochs_run", "train_seconds_per_epoch")}}, "\n".join(md))
+    print("\n".join(md), flush=True)
+
+
+if __name__ == "__main__":
+    main()
