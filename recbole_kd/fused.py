@@ -119,16 +119,65 @@ def linear_logsumexp(hidden, weight, bias=None, rows: int | None = None) -> torc
     return _LinearLogSumExp.apply(hidden, weight, bias, rows or chunk_rows(weight.shape[0]))
 
 
+class _LinearGather(torch.autograd.Function):
+    """``(hidden @ weight.T + bias).gather(1, index)`` chunk by chunk: the gradient of the gathered
+    scores is scattered into a dense chunk and pushed through two matrix products (on CPU far
+    cheaper than the index-accumulate backward of ``weight[index]`` when the catalogue is small)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, index, rows):
+        out = hidden.new_empty(index.shape)
+        weight_t = weight.t()
+        for start in range(0, hidden.shape[0], rows):
+            h = hidden[start : start + rows]
+            logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+            torch.gather(logits, 1, index[start : start + rows], out=out[start : start + rows])
+        ctx.save_for_backward(hidden, weight, bias, index)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, index = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if bias is not None and need_b else None
+        for start in range(0, hidden.shape[0], ctx.rows):
+            sl = slice(start, start + ctx.rows)
+            h = hidden[sl]
+            dense = hidden.new_zeros(h.shape[0], weight.shape[0]).scatter_add_(1, index[sl], grad_out[sl])
+            if grad_h is not None:
+                torch.mm(dense, weight, out=grad_h[sl])
+            if grad_w is not None:
+                grad_w.addmm_(dense.t(), h)
+            if grad_b is not None:
+                grad_b += dense.sum(0)
+        return grad_h, grad_w, grad_b, None, None
+
+
 class ItemScores:
-    """Scores of every item for M rows (``hidden @ weight.T + bias``, [M, N]) computed only where
-    they are read. Stands in for the score tensor in what KD losses do with it: ``gather(1, ids)``,
-    ``size()``, ``shape``, ``device``, ``log_softmax()``; ``full()`` materialises all of it (for a
-    custom loss that needs every score; costs the [M, N] tensor)."""
+    """Scores of every item for M rows (``hidden @ weight.T + bias``, [M, N]) for the KD losses.
+
+    Stands in for the score tensor in what the losses do with it: ``gather(1, ids)``, ``size()``,
+    ``shape``, ``device``, ``log_softmax()``; ``full()`` gives all of it. When the [M, N] scores are
+    small (``full_elements``) they are simply computed (fastest); otherwise only what is read is
+    computed -- gathered scores (chunked products for small catalogues, per-row dot products for
+    large ones) and a chunked normaliser -- so distilling over a large catalogue (Ciao: 105k items)
+    never holds the [M, N] logits."""
+
+    full_elements = 1 << 25  # 128 MB of float32 scores per batch
+    gather_products_per_id = 64  # lazy gather: chunked products while N <= this x K ids per row
 
     def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.hidden, self.weight, self.bias = hidden, weight, bias
         self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._lse: torch.Tensor | None = None
+        self._full = self.full() if hidden.shape[0] * weight.shape[0] <= self.full_elements else None
+
+    @property
+    def lazy(self) -> bool:
+        return self._full is None
 
     @property
     def shape(self) -> torch.Size:
@@ -145,24 +194,34 @@ class ItemScores:
         """``scores.gather(1, index)`` for index [M, K]; the same index object is scored once."""
         if dim not in (1, -1):
             raise ValueError("ItemScores.gather: only dim=1 (items) is supported")
+        if self._full is not None:
+            return self._full.gather(1, index)
         hit = self._gathered.get(id(index))
         if hit is not None and hit[0] is index:
             return hit[1]
-        out = torch.bmm(self.weight[index], self.hidden.unsqueeze(2)).squeeze(2)
-        if self.bias is not None:
-            out = out + self.bias[index]
+        if self.weight.shape[0] <= self.gather_products_per_id * max(index.shape[1], 1):
+            out = _LinearGather.apply(self.hidden, self.weight, self.bias, index, chunk_rows(self.weight.shape[0]))
+        else:
+            out = torch.bmm(self.weight[index], self.hidden.unsqueeze(2)).squeeze(2)
+            if self.bias is not None:
+                out = out + self.bias[index]
         self._gathered[id(index)] = (index, out)
         return out
 
     def logsumexp(self) -> torch.Tensor:
         if self._lse is None:
-            self._lse = linear_logsumexp(self.hidden, self.weight, self.bias)
+            if self._full is not None:
+                self._lse = torch.logsumexp(self._full, 1)
+            else:
+                self._lse = linear_logsumexp(self.hidden, self.weight, self.bias)
         return self._lse
 
     def log_softmax(self) -> "ItemLogProbs":
         return ItemLogProbs(self)
 
     def full(self) -> torch.Tensor:
+        if getattr(self, "_full", None) is not None:
+            return self._full
         logits = self.hidden @ self.weight.t()
         return logits if self.bias is None else logits + self.bias
 

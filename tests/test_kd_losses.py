@@ -105,13 +105,19 @@ def test_unknown_loss_name():
         get_kd_loss("nope")
 
 
+@pytest.mark.parametrize("mode", ["full", "lazy-products", "lazy-rows"])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("name", sorted(["hard", "soft", "rd", "rrd", "hint"]))
-def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, with_bias):
-    """The distillation trainer hands losses an ItemScores (scores computed where read, chunked
-    normaliser) instead of the [M, N] logits: same value and same gradients for every loss, and the
+def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, with_bias, mode, monkeypatch):
+    """The distillation trainer hands losses an ItemScores (all scores when small; else only the
+    scores read, by chunked products or per-row dot products, and a chunked normaliser) instead of
+    the [M, N] logits: same value and same gradients for every loss in every mode, and the
     student's own cross-entropy through log_prob_of is unchanged too."""
     from recbole_kd.fused import ItemScores
+
+    if mode != "full":
+        monkeypatch.setattr(ItemScores, "full_elements", 0)
+        monkeypatch.setattr(ItemScores, "gather_products_per_id", 10**6 if mode == "lazy-products" else 0)
 
     torch.manual_seed(3)
     hidden = torch.randn(M, D, dtype=torch.float64, requires_grad=True)
@@ -130,6 +136,7 @@ def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, 
         value = call(name, x).sum() - x.log_prob_of(x.targets).mean()
         return value, torch.autograd.grad(value, params)
 
+    assert ItemScores(hidden, weight, bias).lazy == (mode != "full")
     lazy_value, lazy_grads = loss_and_grads(True)
     full_value, full_grads = loss_and_grads(False)
     assert torch.allclose(lazy_value, full_value, atol=1e-10)
