@@ -76,49 +76,6 @@ def linear_cross_entropy(hidden, weight, targets, bias=None, rows: int | None = 
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows or chunk_rows(weight.shape[0]))
 
 
-class _LinearLogSumExp(torch.autograd.Function):
-    """Row-wise logsumexp of ``hidden @ weight.T + bias`` [M], chunk by chunk; backward recomputes
-    each chunk's softmax instead of keeping the [M, N] logits."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, rows):
-        out = hidden.new_empty(hidden.shape[0])
-        weight_t = weight.t()
-        for start in range(0, hidden.shape[0], rows):
-            h = hidden[start : start + rows]
-            logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
-            torch.logsumexp(logits, 1, out=out[start : start + rows])
-        ctx.save_for_backward(hidden, weight, bias, out)
-        ctx.rows = rows
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        hidden, weight, bias, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if bias is not None and need_b else None
-        weight_t = weight.t()
-        for start in range(0, hidden.shape[0], ctx.rows):
-            sl = slice(start, start + ctx.rows)
-            h = hidden[sl]
-            logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
-            prob = logits.sub_(lse[sl].unsqueeze(1)).exp_().mul_(grad_out[sl].unsqueeze(1))
-            if grad_h is not None:
-                torch.mm(prob, weight, out=grad_h[sl])
-            if grad_w is not None:
-                grad_w.addmm_(prob.t(), h)
-            if grad_b is not None:
-                grad_b += prob.sum(0)
-        return grad_h, grad_w, grad_b, None
-
-
-def linear_logsumexp(hidden, weight, bias=None, rows: int | None = None) -> torch.Tensor:
-    """``torch.logsumexp(hidden @ weight.T + bias, 1)`` [M] without the [M, N] logits in memory."""
-    return _LinearLogSumExp.apply(hidden, weight, bias, rows or chunk_rows(weight.shape[0]))
-
-
 class _LinearGather(torch.autograd.Function):
     """``(hidden @ weight.T + bias).gather(1, index)`` chunk by chunk: the gradient of the gathered
     scores is scattered into a dense chunk and pushed through two matrix products (on CPU far
@@ -156,28 +113,84 @@ class _LinearGather(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None
 
 
+class _LinearScores(torch.autograd.Function):
+    """One chunked pass over ``hidden @ weight.T + bias`` giving the row-wise logsumexp [M] and the
+    scores at each given index [M, K_j]; backward is one pass as well (recomputed softmax times the
+    normaliser's gradient plus the gathered scores' gradients, through two matrix products)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, *indices):
+        ctx.set_materialize_grads(False)
+        lse = hidden.new_empty(hidden.shape[0])
+        outs = [hidden.new_empty(index.shape) for index in indices]
+        weight_t = weight.t()
+        for start in range(0, hidden.shape[0], rows):
+            sl = slice(start, start + rows)
+            logits = hidden[sl] @ weight_t if bias is None else torch.addmm(bias, hidden[sl], weight_t)
+            torch.logsumexp(logits, 1, out=lse[sl])
+            for index, out in zip(indices, outs):
+                torch.gather(logits, 1, index[sl], out=out[sl])
+        ctx.save_for_backward(hidden, weight, bias, lse, *indices)
+        ctx.rows = rows
+        return (lse, *outs)
+
+    @staticmethod
+    def backward(ctx, grad_lse, *grad_outs):
+        hidden, weight, bias, lse, *indices = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if bias is not None and need_b else None
+        nothing = (None,) * len(indices)
+        if grad_lse is None and all(g is None for g in grad_outs):
+            return (grad_h, grad_w, grad_b, None, *nothing)
+        weight_t = weight.t()
+        for start in range(0, hidden.shape[0], ctx.rows):
+            sl = slice(start, start + ctx.rows)
+            h = hidden[sl]
+            if grad_lse is not None:  # d lse / d logits = softmax
+                dense = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
+                dense.sub_(lse[sl].unsqueeze(1)).exp_().mul_(grad_lse[sl].unsqueeze(1))
+            else:
+                dense = h.new_zeros(h.shape[0], weight.shape[0])
+            for index, grad in zip(indices, grad_outs):
+                if grad is not None:
+                    dense.scatter_add_(1, index[sl], grad[sl])
+            if grad_h is not None:
+                torch.mm(dense, weight, out=grad_h[sl])
+            if grad_w is not None:
+                grad_w.addmm_(dense.t(), h)
+            if grad_b is not None:
+                grad_b += dense.sum(0)
+        return (grad_h, grad_w, grad_b, None, *nothing)
+
+
 class ItemScores:
-    """Scores of every item for M rows (``hidden @ weight.T + bias``, [M, N]) for the KD losses.
+    """Scores of every item for M rows (``hidden @ weight.T + bias``, [M, N]) for the KD losses,
+    computed only where they are read, never as the [M, N] tensor.
 
     Stands in for the score tensor in what the losses do with it: ``gather(1, ids)``, ``size()``,
-    ``shape``, ``device``, ``log_softmax()``; ``full()`` gives all of it. When the [M, N] scores are
-    small (``full_elements``) they are simply computed (fastest); otherwise only what is read is
-    computed -- gathered scores (chunked products for small catalogues, per-row dot products for
-    large ones) and a chunked normaliser -- so distilling over a large catalogue (Ciao: 105k items)
-    never holds the [M, N] logits."""
+    ``shape``, ``device``, ``log_softmax()`` (read with ``gather`` too); ``full()`` gives all of it.
+    The normaliser (logsumexp) and the scores at the ``prefetch`` ids (the teacher's top-K, the
+    targets) come from one chunked pass forward and one backward -- about what the student's own
+    fused cross-entropy costs; ids known only inside a loss (e.g. RRD's samples) cost a pass of
+    their own (chunked products for small catalogues, per-row dot products for large ones)."""
 
-    full_elements = 1 << 25  # 128 MB of float32 scores per batch
     gather_products_per_id = 64  # lazy gather: chunked products while N <= this x K ids per row
 
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, hidden, weight, bias=None, prefetch: tuple[torch.Tensor, ...] = ()):
         self.hidden, self.weight, self.bias = hidden, weight, bias
         self._gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prefetch = tuple(prefetch)
         self._lse: torch.Tensor | None = None
-        self._full = self.full() if hidden.shape[0] * weight.shape[0] <= self.full_elements else None
 
-    @property
-    def lazy(self) -> bool:
-        return self._full is None
+    def _first_pass(self) -> None:
+        lse, *outs = _LinearScores.apply(
+            self.hidden, self.weight, self.bias, chunk_rows(self.weight.shape[0]), *self._prefetch
+        )
+        self._lse = lse
+        for index, out in zip(self._prefetch, outs):
+            self._gathered[id(index)] = (index, out)
 
     @property
     def shape(self) -> torch.Size:
@@ -194,8 +207,8 @@ class ItemScores:
         """``scores.gather(1, index)`` for index [M, K]; the same index object is scored once."""
         if dim not in (1, -1):
             raise ValueError("ItemScores.gather: only dim=1 (items) is supported")
-        if self._full is not None:
-            return self._full.gather(1, index)
+        if self._lse is None:
+            self._first_pass()
         hit = self._gathered.get(id(index))
         if hit is not None and hit[0] is index:
             return hit[1]
@@ -210,18 +223,13 @@ class ItemScores:
 
     def logsumexp(self) -> torch.Tensor:
         if self._lse is None:
-            if self._full is not None:
-                self._lse = torch.logsumexp(self._full, 1)
-            else:
-                self._lse = linear_logsumexp(self.hidden, self.weight, self.bias)
+            self._first_pass()
         return self._lse
 
     def log_softmax(self) -> "ItemLogProbs":
         return ItemLogProbs(self)
 
     def full(self) -> torch.Tensor:
-        if getattr(self, "_full", None) is not None:
-            return self._full
         logits = self.hidden @ self.weight.t()
         return logits if self.bias is None else logits + self.bias
 

@@ -105,19 +105,23 @@ def test_unknown_loss_name():
         get_kd_loss("nope")
 
 
-@pytest.mark.parametrize("mode", ["full", "lazy-products", "lazy-rows"])
+@pytest.mark.parametrize("mode", ["prefetched", "products", "rows", "one-row-chunks"])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("name", sorted(["hard", "soft", "rd", "rrd", "hint"]))
 def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, with_bias, mode, monkeypatch):
-    """The distillation trainer hands losses an ItemScores (all scores when small; else only the
-    scores read, by chunked products or per-row dot products, and a chunked normaliser) instead of
-    the [M, N] logits: same value and same gradients for every loss in every mode, and the
-    student's own cross-entropy through log_prob_of is unchanged too."""
+    """The distillation trainer hands losses an ItemScores (never the [M, N] logits: the teacher's
+    top-K prefetched with the normaliser in one chunked pass; other ids by chunked products or
+    per-row dot products): same value and same gradients as the full logits for every loss in every
+    mode, and the student's own cross-entropy through log_prob_of is unchanged too."""
+    import recbole_kd.fused as fused
     from recbole_kd.fused import ItemScores
 
-    if mode != "full":
-        monkeypatch.setattr(ItemScores, "full_elements", 0)
-        monkeypatch.setattr(ItemScores, "gather_products_per_id", 10**6 if mode == "lazy-products" else 0)
+    monkeypatch.setattr(ItemScores, "gather_products_per_id", 0 if mode == "rows" else 10**6)
+    if mode == "one-row-chunks":
+        monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(fused, "MIN_CHUNK_ROWS", 1)
+    else:
+        monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 4 * N)  # 4 rows per chunk: M=6 gives an uneven last one
 
     torch.manual_seed(3)
     hidden = torch.randn(M, D, dtype=torch.float64, requires_grad=True)
@@ -130,13 +134,13 @@ def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, 
 
     def loss_and_grads(lazy):
         full = hidden @ weight.t() + (bias if with_bias else 0)
-        scores = ItemScores(hidden, weight, bias) if lazy else full
-        x = inputs(scores, teacher, hidden_s=hidden, hidden_t=t_hidden, modules=nn.ModuleDict({"hint": proj}))
+        x = inputs(full, teacher, hidden_s=hidden, hidden_t=t_hidden, modules=nn.ModuleDict({"hint": proj}))
+        if lazy:
+            x.student_logits = ItemScores(hidden, weight, bias, prefetch=(x.teacher_ids,) if mode == "prefetched" else ())
         torch.manual_seed(4)  # rrd samples its uninteresting items
         value = call(name, x).sum() - x.log_prob_of(x.targets).mean()
         return value, torch.autograd.grad(value, params)
 
-    assert ItemScores(hidden, weight, bias).lazy == (mode != "full")
     lazy_value, lazy_grads = loss_and_grads(True)
     full_value, full_grads = loss_and_grads(False)
     assert torch.allclose(lazy_value, full_value, atol=1e-10)
@@ -144,13 +148,15 @@ def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, 
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_lazy_item_scores_full_matches_and_logsumexp_is_chunked():
-    from recbole_kd.fused import ItemScores, linear_logsumexp
+def test_lazy_item_scores_full_matches_and_reads_only_what_is_asked():
+    from recbole_kd.fused import ItemScores
 
     torch.manual_seed(5)
     h, w, b = torch.randn(9, 4, dtype=torch.float64), torch.randn(23, 4, dtype=torch.float64), torch.randn(23, dtype=torch.float64)
-    s = ItemScores(h, w, b)
+    ids = torch.randint(0, 23, (9, 3))
+    s = ItemScores(h, w, b, prefetch=(ids,))
     assert s.shape == (9, 23) and s.size(1) == 23 and torch.allclose(s.full(), h @ w.t() + b)
     assert torch.allclose(s.log_softmax().full(), torch.log_softmax(h @ w.t() + b, 1))
-    for rows in (1, 4, 100):  # chunk sizes: one row, uneven, one chunk
-        assert torch.allclose(linear_logsumexp(h, w, b, rows=rows), torch.logsumexp(h @ w.t() + b, 1))
+    assert torch.allclose(s.logsumexp(), torch.logsumexp(h @ w.t() + b, 1))
+    assert s.gather(1, ids) is s.gather(1, ids)  # prefetched: scored once
+    assert torch.allclose(s.log_softmax().gather(1, ids), torch.log_softmax(h @ w.t() + b, 1).gather(1, ids))

@@ -122,11 +122,15 @@ class DistillTrainer(KDTrainer):
     # ---- the loss ---------------------------------------------------------------------------------
     def kd_inputs(self, interaction):
         rows = self.model.kd_rows(interaction)
-        output_layer = getattr(self.model, "output_layer", None)
-        # scores computed where the losses read them (top-K, samples) plus a chunked normaliser, not
-        # the [M, n_items] logits: a distillation epoch then costs little more than a plain one
-        logits = ItemScores(rows["hidden"], *output_layer()) if output_layer else self.model.item_logits(rows["hidden"])
         ids, scores, t_hidden = self.teacher_outputs.rows(rows["keys"], interaction)
+        output_layer = getattr(self.model, "output_layer", None)
+        # student scores where the losses read them (the teacher's top-K in one chunked pass with the
+        # normaliser), never the [M, n_items] logits: a distillation epoch costs little more than a
+        # plain one (benchmarks/kd_epoch_cost.py)
+        if output_layer is not None:
+            logits = ItemScores(rows["hidden"], *output_layer(), prefetch=(ids,))
+        else:
+            logits = self.model.item_logits(rows["hidden"])
         x = KDInputs(
             student_logits=logits,
             student_hidden=rows["hidden"],
