@@ -25,6 +25,9 @@ class KDInputs:
     targets: torch.Tensor  # [M] ground-truth items
     teacher_hidden: torch.Tensor | None = None  # [M, d_t] (only for losses that need it)
     modules: nn.ModuleDict = field(default_factory=nn.ModuleDict)
+    # item ids a loss draws before the student is scored (its ``extra_ids`` hook), by loss name;
+    # scored in the same pass as the teacher's top-K
+    extra_ids: dict = field(default_factory=dict)
 
     @cached_property
     def log_probs(self) -> "torch.Tensor | ItemLogProbs":
@@ -48,16 +51,21 @@ class KDLoss:
     needs_hidden: bool = False
     make_module: Callable[[int, int], nn.Module] | None = None  # (d_student, d_teacher) -> module
     description: str = ""
+    # (teacher_ids [M, K], n_items, **params) -> item ids [M, k] the loss will read (e.g. sampled
+    # negatives); drawn before the student's scores so they are computed in one pass with the top-K
+    extra_ids: Callable[..., torch.Tensor] | None = None
 
 
 KD_LOSSES: dict[str, KDLoss] = {}
 
 
-def register_kd_loss(name, defaults=None, needs_hidden=False, make_module=None):
+def register_kd_loss(name, defaults=None, needs_hidden=False, make_module=None, extra_ids=None):
     """Decorator: register a per-row KD loss ``fn(x: KDInputs, **params) -> Tensor[M]``."""
 
     def deco(fn):
-        KD_LOSSES[name] = KDLoss(name, fn, dict(defaults or {}), needs_hidden, make_module, (fn.__doc__ or "").strip())
+        KD_LOSSES[name] = KDLoss(
+            name, fn, dict(defaults or {}), needs_hidden, make_module, (fn.__doc__ or "").strip(), extra_ids
+        )
         return fn
 
     return deco

@@ -127,8 +127,13 @@ class DistillTrainer(KDTrainer):
         # student scores where the losses read them (the teacher's top-K in one chunked pass with the
         # normaliser), never the [M, n_items] logits: a distillation epoch costs little more than a
         # plain one (benchmarks/kd_epoch_cost.py)
+        extra = {}
         if output_layer is not None:
-            logits = ItemScores(rows["hidden"], *output_layer(), prefetch=(ids,))
+            weight, bias = output_layer()
+            for loss, _, params in self.kd_spec:
+                if loss.extra_ids is not None:
+                    extra[loss.name] = loss.extra_ids(ids, weight.shape[0], **params)
+            logits = ItemScores(rows["hidden"], weight, bias, prefetch=(ids, *extra.values()))
         else:
             logits = self.model.item_logits(rows["hidden"])
         x = KDInputs(
@@ -139,6 +144,7 @@ class DistillTrainer(KDTrainer):
             targets=rows["targets"],
             teacher_hidden=t_hidden,
             modules=self.kd_modules,
+            extra_ids=extra,
         )
         return rows, x
 

@@ -3,14 +3,21 @@ import torch
 from recbole_kd.kd.base import KDInputs, register_kd_loss
 
 
-@register_kd_loss("rrd", defaults={"num_uninteresting": 100})
+def uninteresting_items(teacher_ids: torch.Tensor, n_items: int, num_uninteresting: int) -> torch.Tensor:
+    """Uniformly sampled items (never the padding id 0), ``num_uninteresting`` per row."""
+    return torch.randint(1, n_items, (teacher_ids.size(0), num_uninteresting), device=teacher_ids.device)
+
+
+@register_kd_loss("rrd", defaults={"num_uninteresting": 100}, extra_ids=uninteresting_items)
 def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
     """Relaxed ranking distillation (Kang et al., CIKM'20): list-wise likelihood that the
     student ranks the teacher's top-K in the teacher's order, each above uniformly sampled
     uninteresting items (items in the top-K are never counted as uninteresting)."""
     scores = x.student_logits
     top = scores.gather(1, x.teacher_ids)  # [M, K]
-    sampled = torch.randint(1, scores.size(1), (scores.size(0), num_uninteresting), device=scores.device)
+    sampled = x.extra_ids.get("rrd")
+    if sampled is None:
+        sampled = uninteresting_items(x.teacher_ids, scores.size(1), num_uninteresting)
     unint = scores.gather(1, sampled)
     clash = (sampled.unsqueeze(2) == x.teacher_ids.unsqueeze(1)).any(2)
     unint = unint.masked_fill(clash, float("-inf"))
