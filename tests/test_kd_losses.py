@@ -166,3 +166,14 @@ def test_lazy_item_scores_full_matches_and_reads_only_what_is_asked():
     assert torch.allclose(s.logsumexp(), torch.logsumexp(h @ w.t() + b, 1))
     assert s.gather(1, ids) is s.gather(1, ids)  # prefetched: scored once
     assert torch.allclose(s.log_softmax().gather(1, ids), torch.log_softmax(h @ w.t() + b, 1).gather(1, ids))
+
+
+def test_rrd_row_membership_equals_pairwise_comparison():
+    from recbole_kd.kd.losses.rrd import row_membership
+
+    g = torch.Generator().manual_seed(7)
+    members = torch.randint(1, 30, (20, 6), generator=g)
+    query = torch.randint(1, 30, (20, 40), generator=g)
+    expected = (query.unsqueeze(2) == members.unsqueeze(1)).any(2)
+    assert expected.any() and not expected.all()
+    assert torch.equal(row_membership(query, members, 30), expected)

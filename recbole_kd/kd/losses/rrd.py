@@ -8,6 +8,16 @@ def uninteresting_items(teacher_ids: torch.Tensor, n_items: int, num_uninteresti
     return torch.randint(1, n_items, (teacher_ids.size(0), num_uninteresting), device=teacher_ids.device)
 
 
+def row_membership(query: torch.Tensor, members: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Boolean [M, Q]: ``query[m, q]`` is one of ``members[m, :]`` (sorted-key lookup, O(M (Q + K) log);
+    the pairwise comparison would be M x Q x K)."""
+    rows = torch.arange(members.size(0), device=members.device).unsqueeze(1) * n_items
+    keys = (members + rows).flatten().sort().values
+    wanted = (query + rows).flatten()
+    pos = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+    return (keys[pos] == wanted).view_as(query)
+
+
 @register_kd_loss("rrd", defaults={"num_uninteresting": 100}, extra_ids=uninteresting_items)
 def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
     """Relaxed ranking distillation (Kang et al., CIKM'20): list-wise likelihood that the
@@ -19,7 +29,7 @@ def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
     if sampled is None:
         sampled = uninteresting_items(x.teacher_ids, scores.size(1), num_uninteresting)
     unint = scores.gather(1, sampled)
-    clash = (sampled.unsqueeze(2) == x.teacher_ids.unsqueeze(1)).any(2)
+    clash = row_membership(sampled, x.teacher_ids, scores.size(1))
     unint = unint.masked_fill(clash, float("-inf"))
     lse_unint = torch.logsumexp(unint, dim=1, keepdim=True)  # [M, 1]
     suffix = torch.logcumsumexp(top.flip(1), dim=1).flip(1)  # logsumexp of top[k:]
