@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from recbole_kd.kd.base import KDInputs, get_kd_loss
+from recbole_kd.kd.base import KD_LOSSES, KDInputs, get_kd_loss
 from recbole_kd.kd.gate import gate_weights, weighted_mean
 from recbole_kd.kd.losses import hard, hint, rd, rrd, soft  # noqa: F401
 
@@ -107,7 +107,7 @@ def test_unknown_loss_name():
 
 @pytest.mark.parametrize("mode", ["prefetched", "products", "rows", "one-row-chunks"])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("name", sorted(["hard", "soft", "rd", "rrd", "hint"]))
+@pytest.mark.parametrize("name", sorted(KD_LOSSES))  # every registered loss
 def test_lazy_item_scores_give_the_same_loss_and_gradients_as_full_logits(name, with_bias, mode, monkeypatch):
     """The distillation trainer hands losses an ItemScores (never the [M, N] logits: the teacher's
     top-K prefetched with the normaliser in one chunked pass; other ids by chunked products or
@@ -168,12 +168,32 @@ def test_lazy_item_scores_full_matches_and_reads_only_what_is_asked():
     assert torch.allclose(s.log_softmax().gather(1, ids), torch.log_softmax(h @ w.t() + b, 1).gather(1, ids))
 
 
-def test_rrd_row_membership_equals_pairwise_comparison():
-    from recbole_kd.kd.losses.rrd import row_membership
+@pytest.mark.parametrize("bitmap", [True, False])
+def test_rrd_row_membership_equals_pairwise_comparison(bitmap, monkeypatch):
+    from recbole_kd.kd.losses import rrd as rrd_module
 
+    monkeypatch.setattr(rrd_module, "DENSE_MEMBERSHIP_CELLS", 10**9 if bitmap else 0)
     g = torch.Generator().manual_seed(7)
     members = torch.randint(1, 30, (20, 6), generator=g)
     query = torch.randint(1, 30, (20, 40), generator=g)
     expected = (query.unsqueeze(2) == members.unsqueeze(1)).any(2)
     assert expected.any() and not expected.all()
-    assert torch.equal(row_membership(query, members, 30), expected)
+    assert torch.equal(rrd_module.row_membership(query, members, 30), expected)
+
+
+def test_rrd_suffix_logsumexp_equals_logcumsumexp_with_its_gradient():
+    from recbole_kd.kd.losses.rrd import suffix_logsumexp
+
+    torch.manual_seed(8)
+    top = (torch.randn(7, 12, dtype=torch.float64) * 20).requires_grad_(True)  # wide spread of scores
+    ours = suffix_logsumexp(top)
+    ref = torch.logcumsumexp(top.flip(1), dim=1).flip(1)
+    assert torch.allclose(ours, ref, atol=1e-9)
+    w = torch.randn(7, 12, dtype=torch.float64)
+    g_ours, = torch.autograd.grad((ours * w).sum(), top)
+    g_ref, = torch.autograd.grad((ref * w).sum(), top)
+    assert torch.allclose(g_ours, g_ref, atol=1e-9)
+    far = torch.tensor([[0.0, -200.0]], requires_grad=True)  # float32: the tail underflows
+    out = suffix_logsumexp(far)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(far.grad).all()

@@ -8,14 +8,29 @@ def uninteresting_items(teacher_ids: torch.Tensor, n_items: int, num_uninteresti
     return torch.randint(1, n_items, (teacher_ids.size(0), num_uninteresting), device=teacher_ids.device)
 
 
+DENSE_MEMBERSHIP_CELLS = 1 << 26  # a [M, n_items] boolean bitmap up to 64 MB
+
+
 def row_membership(query: torch.Tensor, members: torch.Tensor, n_items: int) -> torch.Tensor:
-    """Boolean [M, Q]: ``query[m, q]`` is one of ``members[m, :]`` (sorted-key lookup, O(M (Q + K) log);
-    the pairwise comparison would be M x Q x K)."""
+    """Boolean [M, Q]: ``query[m, q]`` is one of ``members[m, :]``. A [M, n_items] bitmap when small,
+    else a sorted-key lookup (the pairwise comparison would cost M x Q x K)."""
+    if members.size(0) * n_items <= DENSE_MEMBERSHIP_CELLS:
+        bitmap = torch.zeros(members.size(0), n_items, dtype=torch.bool, device=members.device)
+        return bitmap.scatter_(1, members, True).gather(1, query)
     rows = torch.arange(members.size(0), device=members.device).unsqueeze(1) * n_items
     keys = (members + rows).flatten().sort().values
     wanted = (query + rows).flatten()
     pos = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
     return (keys[pos] == wanted).view_as(query)
+
+
+def suffix_logsumexp(top: torch.Tensor) -> torch.Tensor:
+    """[M, K]: logsumexp of ``top[:, k:]`` for every k, as a cumulative sum shifted by the row maximum
+    (on CPU about 6x cheaper, with backward, than ``torch.logcumsumexp``; a suffix more than ~87 nats
+    below its row's maximum is floored at the smallest float instead of underflowing to -inf)."""
+    peak = top.detach().max(1, keepdim=True).values
+    cum = (top - peak).exp().flip(1).cumsum(1).flip(1)
+    return cum.clamp_min(torch.finfo(top.dtype).tiny).log() + peak
 
 
 @register_kd_loss("rrd", defaults={"num_uninteresting": 100}, extra_ids=uninteresting_items)
@@ -32,6 +47,6 @@ def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
     clash = row_membership(sampled, x.teacher_ids, scores.size(1))
     unint = unint.masked_fill(clash, float("-inf"))
     lse_unint = torch.logsumexp(unint, dim=1, keepdim=True)  # [M, 1]
-    suffix = torch.logcumsumexp(top.flip(1), dim=1).flip(1)  # logsumexp of top[k:]
+    suffix = suffix_logsumexp(top)  # logsumexp of top[k:]
     denom = torch.logaddexp(suffix, lse_unint)
     return -(top - denom).mean(1)
