@@ -31,7 +31,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if bias is not None and need_b else None
         total = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        weight_t = weight.t()
+        weight_t = weight.t().contiguous()  # [d, N] row-major: ~1.6x faster products at small d on CPU
         for start in range(0, m, rows):
             h = hidden[start : start + rows]
             t = targets[start : start + rows].unsqueeze(1)
@@ -84,7 +84,7 @@ class _LinearGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, index, rows):
         out = hidden.new_empty(index.shape)
-        weight_t = weight.t()
+        weight_t = weight.t().contiguous()  # [d, N] row-major: ~1.6x faster products at small d on CPU
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start : start + rows]
             logits = h @ weight_t if bias is None else torch.addmm(bias, h, weight_t)
@@ -123,7 +123,7 @@ class _LinearScores(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         lse = hidden.new_empty(hidden.shape[0])
         outs = [hidden.new_empty(index.shape) for index in indices]
-        weight_t = weight.t()
+        weight_t = weight.t().contiguous()  # [d, N] row-major: ~1.6x faster products at small d on CPU
         for start in range(0, hidden.shape[0], rows):
             sl = slice(start, start + rows)
             logits = hidden[sl] @ weight_t if bias is None else torch.addmm(bias, hidden[sl], weight_t)
@@ -144,7 +144,7 @@ class _LinearScores(torch.autograd.Function):
         nothing = (None,) * len(indices)
         if grad_lse is None and all(g is None for g in grad_outs):
             return (grad_h, grad_w, grad_b, None, *nothing)
-        weight_t = weight.t()
+        weight_t = weight.t().contiguous()  # [d, N] row-major: ~1.6x faster products at small d on CPU
         for start in range(0, hidden.shape[0], ctx.rows):
             sl = slice(start, start + ctx.rows)
             h = hidden[sl]
