@@ -2,12 +2,15 @@
 
 ``F.cross_entropy(hidden @ weight.T + bias, targets)`` writes the logits, reads them back for the
 log-softmax, keeps them for backward and reads them twice more there: on CPU that memory traffic
-costs more than the matrix products (ml-100k, 97k positions x 1,683 items: 5-6 s per epoch of
-SASRec-S). Here the rows are processed in cache-sized chunks and each chunk's gradient
+costs more than the matrix products (ml-100k at batch 2048: 97k positions x 1,683 items). Here the rows are processed in cache-sized chunks and each chunk's gradient
 (softmax - one-hot) is folded into the gradients of ``hidden``, ``weight`` and ``bias`` at once,
 in the forward pass (the loss is a scalar, so backward only scales them): same loss and gradients
-to float rounding, about 4x faster on this CPU, and the peak memory of the loss no longer grows
+to float rounding, much faster on CPU (with the one-kernel GELU, a SASRec-S epoch went from 20.8 s to
+8.5 s: benchmarks/results/engine_speed_ml-100k_speed.md and its git history), and the peak memory of the loss no longer grows
 with the catalogue (the idea of Liger-Kernel's fused linear cross-entropy).
+
+``ItemScores`` gives the distillation losses the same economy: scores where they are read plus a
+chunked normaliser, never the [M, n_items] logits.
 """
 from __future__ import annotations
 
@@ -171,10 +174,11 @@ class ItemScores:
 
     Stands in for the score tensor in what the losses do with it: ``gather(1, ids)``, ``size()``,
     ``shape``, ``device``, ``log_softmax()`` (read with ``gather`` too); ``full()`` gives all of it.
-    The normaliser (logsumexp) and the scores at the ``prefetch`` ids (the teacher's top-K, the
-    targets) come from one chunked pass forward and one backward -- about what the student's own
-    fused cross-entropy costs; ids known only inside a loss (e.g. RRD's samples) cost a pass of
-    their own (chunked products for small catalogues, per-row dot products for large ones)."""
+    The normaliser (logsumexp) and the scores at the ``prefetch`` ids (the teacher's top-K, ids a
+    loss draws up front such as RRD's samples) come from one chunked pass forward and one backward
+    -- one matrix product more than the student's own fused cross-entropy; other ids cost a pass of
+    their own (chunked products for small catalogues, per-row dot products for large ones; the
+    targets, one id per row, take the latter)."""
 
     gather_products_per_id = 64  # lazy gather: chunked products while N <= this x K ids per row
 
