@@ -25,6 +25,17 @@ def chunk_rows(n_items: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(int(n_items), 1))
 
 
+def _accumulate(grad_scores, h, weight, rows: slice, grad_h, grad_w, grad_b) -> None:
+    """Push one chunk's gradient w.r.t. its scores ``h @ weight.T + bias`` into the gradients of
+    ``hidden`` (rows ``rows``), ``weight`` and ``bias`` (each skipped when None)."""
+    if grad_h is not None:
+        torch.mm(grad_scores, weight, out=grad_h[rows])
+    if grad_w is not None:
+        grad_w.addmm_(grad_scores.t(), h)
+    if grad_b is not None:
+        grad_b += grad_scores.sum(0)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, rows):
@@ -45,12 +56,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             prob = logits.sub_(lse).exp_()  # softmax, in place of the logits
             prob.scatter_add_(1, t, prob.new_full(t.shape, -1.0))  # d(sum of losses) / d logits
-            if grad_h is not None:
-                torch.mm(prob, weight, out=grad_h[start : start + rows])
-            if grad_w is not None:
-                grad_w.addmm_(prob.t(), h)
-            if grad_b is not None:
-                grad_b += prob.sum(0)
+            _accumulate(prob, h, weight, slice(start, start + rows), grad_h, grad_w, grad_b)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.count = max(m, 1)
         return (total / ctx.count).to(hidden.dtype)
@@ -107,12 +113,7 @@ class _LinearGather(torch.autograd.Function):
             sl = slice(start, start + ctx.rows)
             h = hidden[sl]
             dense = hidden.new_zeros(h.shape[0], weight.shape[0]).scatter_add_(1, index[sl], grad_out[sl])
-            if grad_h is not None:
-                torch.mm(dense, weight, out=grad_h[sl])
-            if grad_w is not None:
-                grad_w.addmm_(dense.t(), h)
-            if grad_b is not None:
-                grad_b += dense.sum(0)
+            _accumulate(dense, h, weight, sl, grad_h, grad_w, grad_b)
         return grad_h, grad_w, grad_b, None, None
 
 
@@ -159,12 +160,7 @@ class _LinearScores(torch.autograd.Function):
             for index, grad in zip(indices, grad_outs):
                 if grad is not None:
                     dense.scatter_add_(1, index[sl], grad[sl])
-            if grad_h is not None:
-                torch.mm(dense, weight, out=grad_h[sl])
-            if grad_w is not None:
-                grad_w.addmm_(dense.t(), h)
-            if grad_b is not None:
-                grad_b += dense.sum(0)
+            _accumulate(dense, h, weight, sl, grad_h, grad_w, grad_b)
         return (grad_h, grad_w, grad_b, None, *nothing)
 
 
