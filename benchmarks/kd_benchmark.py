@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--mf_losses", default="{'soft': 1.0}")
     ap.add_argument("--teacher", default="SASRec-L")
     ap.add_argument("--teacher_set", nargs="*", help="key=value settings for the teacher run")
+    ap.add_argument("--teacher_seeds", type=int, nargs="+", default=[2020],
+                    help="one seed: one teacher; several: the teacher is the ensemble of one run per seed "
+                         "(mean log-probabilities), evaluated as one model on the same split")
     ap.add_argument("--set", nargs="*", help="key=value settings for every cell (students and teacher)")
     ap.add_argument("--student_set", nargs="*", help="key=value settings for student cells only")
     ap.add_argument("--out", default=None)
@@ -91,8 +94,23 @@ def main():
         os.replace(tmp, path)
         return res
 
-    teacher = cached_run("teacher", args.teacher, seed=2020, **parse_sets(args.teacher_set))
-    teacher_ckpt = os.path.join(out, teacher["checkpoint"])
+    if len(args.teacher_seeds) == 1:
+        teacher = cached_run("teacher", args.teacher, seed=args.teacher_seeds[0], **parse_sets(args.teacher_set))
+        if teacher is None:
+            raise SystemExit(f"--render_only: no teacher cell in {cells_dir}")
+        teacher_ckpt = os.path.join(out, teacher["checkpoint"])
+        members = []
+    else:
+        members = [cached_run(f"teacher-seed{s}", args.teacher, seed=s, **parse_sets(args.teacher_set))
+                   for s in args.teacher_seeds]
+        if any(m is None for m in members):
+            raise SystemExit(f"--render_only: teacher members missing in {cells_dir}")
+        teacher_ckpt = [os.path.join(out, m["checkpoint"]) for m in members]
+        teacher = ensemble_cell(os.path.join(cells_dir, "teacher-ensemble.json"), args, teacher_ckpt, members, common)
+    for path in [teacher_ckpt] if isinstance(teacher_ckpt, str) else teacher_ckpt:
+        if not args.render_only and not os.path.isfile(path):
+            raise SystemExit(f"teacher checkpoint {path} is missing (git-ignored, lost with a fresh checkout); "
+                             f"delete {cells_dir}/teacher*.json to retrain the teacher, or use another --out")
     rows = {}
     for cell in args.cells:
         model, overrides = cell_spec(cell, args)
@@ -104,7 +122,7 @@ def main():
         if runs:
             rows[cell] = runs
 
-    report, summary = render(args, teacher, rows)
+    report, summary = render(args, teacher, rows, members)
     extra = {}
     previous = os.path.join(RESULTS, f"kd_{args.dataset}.json")
     if args.render_only and os.path.isfile(previous):  # keep the command that trained the cells
@@ -117,6 +135,26 @@ def main():
     print(report)
 
 
+def ensemble_cell(path, args, checkpoints, members, common):
+    """The ensemble teacher's row: evaluated once through RecBole's evaluator (stored like a cell);
+    its training cost is the sum of its members'."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    from recbole_kd.kd.teacher import evaluate_checkpoints
+
+    res = evaluate_checkpoints(args.dataset, checkpoints, {k: v for k, v in common.items() if k == "data_path"})
+    res.update(cell="teacher-ensemble", seeds=args.teacher_seeds,
+               checkpoints=[os.path.relpath(p, os.path.dirname(os.path.dirname(path))) for p in checkpoints],
+               epochs_run=sum(m["epochs_run"] for m in members),
+               train_seconds=sum(m["train_seconds"] for m in members),
+               train_seconds_per_epoch=sum(m["train_seconds"] for m in members) / sum(m["epochs_run"] for m in members))
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return res
+
+
 def metric(runs, key):
     return mean_std([r["test_result"][key] for r in runs])
 
@@ -126,17 +164,26 @@ def fmt(ms, digits=4):
     return "n/a" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def render(args, teacher, rows):
+def render(args, teacher, rows, members=()):
     t_ndcg = teacher["test_result"]["ndcg@10"]
     base = rows.get("student")
     base_ndcg = metric(base, "ndcg@10")[0] if base else None
     base_epoch = mean_std([r["train_seconds_per_epoch"] for r in base])[0] if base else None
     mf_ndcg = metric(rows["mf"], "ndcg@10")[0] if "mf" in rows else None
+    if members:
+        about = (f"Teacher {teacher['model']}: the ensemble of {len(members)} {args.teacher} runs (seeds "
+                 f"{args.teacher_seeds}; scores = mean of their log-probabilities), {teacher['num_params']:,} "
+                 f"parameters, {teacher['epochs_run']} epochs and {teacher['train_seconds']:.0f} s of training in all; "
+                 "evaluated as one model on the same split; distilled runs use it. Row `teacher member`: its "
+                 f"members alone (mean ± std over the {len(members)} seeds).")
+    else:
+        about = (f"Teacher {args.teacher}: {teacher['num_params']:,} parameters, trained once (seed "
+                 f"{args.teacher_seeds[0]}, {teacher['epochs_run']} epochs, {teacher['train_seconds']:.0f} s); "
+                 "distilled runs use this checkpoint.")
     lines = [
         f"# Distillation on {args.dataset} (leave-one-out, full ranking; {len(args.seeds)} seeds: {args.seeds})",
         "",
-        f"Teacher {args.teacher}: {teacher['num_params']:,} parameters, trained once (seed 2020, "
-        f"{teacher['epochs_run']} epochs, {teacher['train_seconds']:.0f} s); distilled runs use this checkpoint.",
+        about,
         "",
         "| row | model | kd losses | test NDCG@10 | Recall@10 | MRR@10 | params | latency 256 users (ms) | s / epoch | epochs | NDCG vs student alone | NDCG vs teacher |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -144,8 +191,8 @@ def render(args, teacher, rows):
         f"{teacher['test_result']['mrr@10']:.4f} | {teacher['num_params']:,} | {1000 * teacher['latency_seconds']:.1f} | "
         f"{teacher['train_seconds_per_epoch']:.2f} | {teacher['epochs_run']} | - | 1.00 |",
     ]
-    summary = {"teacher_ndcg10": t_ndcg, "rows": {}}
-    for cell, runs in rows.items():
+    summary = {"teacher_ndcg10": t_ndcg, "teacher_model": teacher["model"], "rows": {}}
+    for cell, runs in {**({"teacher member": list(members)} if members else {}), **rows}.items():
         n = metric(runs, "ndcg@10")
         ref = mf_ndcg if cell in ("mf", "kd-mf") else base_ndcg
         vs_student = n[0] / ref if ref else None
@@ -181,8 +228,10 @@ def render(args, teacher, rows):
         interleaved = os.path.join(RESULTS, f"latency_{args.dataset}.json")
         if os.path.isfile(interleaved):  # the trustworthy measurement: both models timed alternately
             with open(interleaved) as f:
-                timing = json.load(f)["timing"]
-            if "teacher" in timing and "student-seed2020" in timing:
+                measured = json.load(f)
+            timing = measured["timing"]
+            same_teacher = measured.get("params", {}).get("teacher") == teacher["num_params"]  # not a stale file
+            if same_teacher and "teacher" in timing and "student-seed2020" in timing:
                 latency_ratio = timing["teacher"]["median_ms"] / timing["student-seed2020"]["median_ms"]
                 latency_note = f"benchmarks/results/latency_{args.dataset}.md (teacher and student timed interleaved)"
         summary["targets"]["teacher_over_student_latency>=8"] = latency_ratio >= 8

@@ -28,6 +28,19 @@ def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
     from recbole_kd.quick_start import prepare
     from recbole_kd.registry import get_entry
 
+    if "checkpoints" in cell:  # the ensemble teacher of kd_benchmark.py --teacher_seeds
+        from recbole_kd.kd.teacher import load_ensemble
+
+        paths = [os.path.join(out, p) for p in cell["checkpoints"]]
+        state = load_checkpoint(paths[0])
+        arch = _arch_overrides(state["config"])
+        arch.update(state="WARNING", show_progress=False)
+        if data_path:
+            arch["data_path"] = os.path.abspath(data_path)
+        cfg = build_config(state["config"]["model"], dataset, overrides=arch)
+        data, _, _, test = prepare(cfg)
+        model, info = load_ensemble(cfg, data, paths, None)
+        return info["teacher"], model, test
     path = os.path.join(out, cell["checkpoint"])
     state = load_checkpoint(path)
     name = state["config"]["model"]
@@ -66,16 +79,19 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from recbole_kd.quick_start import count_parameters, latency_batch
+    from recbole_kd.quick_start import latency_batch
 
     out = os.path.join(RESULTS, f"kd_{args.dataset}")
     models, params, batch = {}, {}, None
     for name in args.cells:
-        with open(os.path.join(out, "cells", name + ".json")) as f:
+        path = os.path.join(out, "cells", name + ".json")
+        if name == "teacher" and not os.path.isfile(path):  # an ensemble teacher
+            path = os.path.join(out, "cells", "teacher-ensemble.json")
+        with open(path) as f:
             cell = json.load(f)
         model_name, model, test = load_model(cell, out, args.dataset, args.data_path)
         models[name] = model
-        params[name] = count_parameters(model)
+        params[name] = sum(p.numel() for p in model.parameters())
         if batch is None:
             batch = latency_batch(model, test)
     timing = interleaved(models, batch, args.reps)

@@ -157,3 +157,35 @@ def test_ensemble_teacher_averages_member_log_probs_and_runs(tiny_data, zoo, wor
     cached.model.eval(), plain.model.eval()
     for x, y in zip(cached.distillation_loss(batch), plain.distillation_loss(batch)):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_checkpoints_matches_the_training_run_and_scores_ensembles(tiny_data, workdir, tmp_path):
+    """A teacher row of the benchmark: one checkpoint evaluates to its run's own test result; an
+    ensemble's full-sort scores are the mean of its members' log-probabilities."""
+    from recbole_kd.kd.teacher import evaluate_checkpoints
+    from recbole_kd.quick_start import run
+
+    runs = []
+    for seed in (1, 2):
+        runs.append(run("SASRec-L", "tiny", overrides={"data_path": tiny_data, "epochs": 2, "seed": seed,
+                                                         "show_progress": False, "state": "WARNING",
+                                                         "checkpoint_dir": str(tmp_path / f"s{seed}")}))
+    one = evaluate_checkpoints("tiny", runs[0]["checkpoint"], {"data_path": tiny_data, "state": "WARNING"})
+    assert one["model"] == "SASRec-L" and one["num_params"] == runs[0]["num_params"]
+    assert one["test_result"] == pytest.approx(runs[0]["test_result"], abs=1e-4)
+    assert one["best_valid_result"] == pytest.approx(runs[0]["best_valid_result"], abs=1e-4)
+    both = evaluate_checkpoints("tiny", [r["checkpoint"] for r in runs], {"data_path": tiny_data, "state": "WARNING"})
+    assert both["model"] == "ensemble(SASRec-L x2)" and both["num_params"] == 2 * runs[0]["num_params"]
+    assert both["latency_seconds"] > 0 and set(both["test_result"]) == set(one["test_result"])
+
+    from recbole_kd.config import build_config
+    from recbole_kd.kd.teacher import load_ensemble
+    from recbole_kd.quick_start import prepare
+
+    cfg = build_config("SASRec-L", "tiny", overrides={"data_path": tiny_data, "state": "WARNING"})
+    dataset, _, _, test = prepare(cfg)
+    ens, _ = load_ensemble(cfg, dataset, [r["checkpoint"] for r in runs], None)
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        expected = torch.stack([torch.log_softmax(m.full_sort_predict(batch), 1) for m in ens.members]).mean(0)
+        torch.testing.assert_close(ens.full_sort_predict(batch), expected)

@@ -187,6 +187,11 @@ class EnsembleTeacher(torch.nn.Module):
         self.n_items = members[0].n_items
         self.max_seq_length = max(getattr(m, "max_seq_length", 1) for m in members)
         self.hidden_size = sum(int(getattr(m, "hidden_size", None) or m.embedding_size) for m in members)
+        first = members[0]
+        self.type = first.type  # RecBole's model type: which evaluation loader feeds full_sort_predict
+        self.USER_ID = first.USER_ID
+        self.ITEM_SEQ = getattr(first, "ITEM_SEQ", None)
+        self.ITEM_SEQ_LEN = getattr(first, "ITEM_SEQ_LEN", None)
 
     def _combine(self, outputs):
         hidden = torch.cat([h for h, _ in outputs], dim=1)
@@ -207,6 +212,14 @@ class EnsembleTeacher(torch.nn.Module):
             else:
                 outs.append(m.user_outputs(users, item_seq, item_seq_len))
         return self._combine(outs)
+
+    def full_sort_predict(self, interaction):
+        """RecBole's full-ranking hook: the ensemble's scores (mean member log-probabilities) for
+        every item, so the ensemble is evaluated exactly as the students see it."""
+        has_seq = self.ITEM_SEQ is not None and self.ITEM_SEQ in interaction
+        seq = interaction[self.ITEM_SEQ] if has_seq else None
+        lens = interaction[self.ITEM_SEQ_LEN] if has_seq else None
+        return self.user_outputs(interaction[self.USER_ID], seq, lens)[1]
 
 
 def _last_items(item_seq, item_seq_len, L):
@@ -418,3 +431,31 @@ class TeacherOutputs:
             index = self.user_index[keys[1].cpu()]
         hidden = self.hidden[index].to(self.device) if self.hidden is not None else None
         return self.ids[index].long().to(self.device), self.scores[index].to(self.device), hidden
+
+
+def evaluate_checkpoints(dataset_name: str, paths, overrides: dict | None = None) -> dict:
+    """Valid and test results of one checkpoint or an ensemble of them (a list), through the
+    same split, loaders and RecBole evaluator as a training run of the first member's model;
+    ``overrides`` are data settings (e.g. ``data_path``). Returns the fields of a run summary
+    that describe a model: model, num_params, best_valid_result, test_result and the cost report."""
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import _floats, cost_report, prepare
+    from recbole_kd.registry import get_trainer
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    state = load_checkpoint(paths[0], map_location="cpu")
+    name = state["config"]["model"]
+    settings = {**_arch_overrides(state["config"]), "show_progress": False, **(overrides or {})}
+    config = build_config(name, dataset_name, overrides=settings)
+    dataset, _, valid_data, test_data = prepare(config)
+    if len(paths) == 1:
+        model, label = _freeze(_load_checked(config, dataset, paths[0], name)), name
+    else:
+        model, info = load_ensemble(config, dataset, paths, None)
+        label = info["teacher"]
+    trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
+    valid = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+    test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    return {"model": label, "dataset": dataset_name, "checkpoints": paths, "num_params": sum(p.numel() for p in model.parameters()),
+            "best_valid_result": _floats(valid), "test_result": _floats(test),
+            **cost_report(model, test_data, None)}
