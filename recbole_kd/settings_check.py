@@ -122,6 +122,9 @@ def check_values(config) -> None:
     if _is_int(heads) and _is_int(hidden) and hidden % heads:
         bad("n_heads", heads, f"must divide hidden_size={hidden}")
     if get("kd_losses") is not None:
+        if get("teacher") is None:  # only the KD-* entries name a teacher
+            bad("kd_losses", get("kd_losses"), f"only distilled models use it; run --model=KD-{get('model')} "
+                "(any registered student has a KD- entry) or drop kd_losses")
         check_kd_values(config, bad)
     if get("transfer_mechanisms") is not None:
         from recbole_kd.transfer.trainer import parse_mechanisms, source_spec

@@ -119,3 +119,38 @@ def test_windowed_ce_loss_uses_the_chunked_path_with_the_same_value(tiny_data, w
     ff = model.trm_encoder.layer[0].feed_forward
     assert ff.intermediate_act_fn is F.gelu
     assert torch.allclose(ff.intermediate_act_fn(x), FeedForward.gelu(None, x), atol=1e-6)
+
+
+def test_chunked_kernels_run_under_autocast_in_the_tables_precision(tiny_data, workdir):
+    """RecBole's enable_amp trains inside torch.autocast (bfloat16 on CPU): the chunked loss and
+    KD score kernels compute in the item table's float32 (same values as without autocast), take
+    half-precision hidden states, and a model trains with enable_amp end to end."""
+    from recbole_kd.fused import ItemScores, linear_cross_entropy
+    from recbole_kd.quick_start import run
+
+    torch.manual_seed(0)
+    hidden = torch.randn(40, 8, requires_grad=True)
+    weight = torch.randn(30, 8, requires_grad=True)
+    bias = torch.randn(30, requires_grad=True)
+    targets = torch.randint(0, 30, (40,))
+    top = torch.randint(0, 30, (40, 5))
+
+    def losses():
+        x = ItemScores(hidden, weight, bias, prefetch=(top,))
+        return linear_cross_entropy(hidden, weight, targets, bias), x.log_softmax().gather(1, top).sum()
+
+    plain = losses()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = losses()
+    for a, b in zip(plain, mixed):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    half = hidden.detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(half, weight, targets, bias) + ItemScores(half, weight, bias).logsumexp().mean()
+    loss.backward()
+    assert half.grad.dtype == torch.bfloat16 and torch.isfinite(half.grad.float()).all()
+    assert torch.isfinite(weight.grad).all()
+
+    res = run("SASRec-S", "tiny", overrides={"data_path": tiny_data, "epochs": 1, "enable_amp": True,
+                                             "show_progress": False, "state": "WARNING"})
+    assert res["test_result"]["ndcg@10"] >= 0
