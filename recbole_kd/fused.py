@@ -201,9 +201,11 @@ class ItemScores:
     ``shape``, ``device``, ``log_softmax()`` (read with ``gather`` too); ``full()`` gives all of it.
     The normaliser (logsumexp) and the scores at the ``prefetch`` ids (the teacher's top-K, ids a
     loss draws up front such as RRD's samples) come from one chunked pass forward and one backward
-    -- one matrix product more than the student's own fused cross-entropy; other ids cost a pass of
-    their own (chunked products for small catalogues, per-row dot products for large ones; the
-    targets, one id per row, take the latter)."""
+    once the normaliser is asked for (the student's own cross-entropy asks first) -- one matrix
+    product more than the student's fused cross-entropy. Other ids, and prefetched ids read while
+    nothing needs the normaliser (a BPR student), cost a pass of their own: chunked products for
+    small catalogues, per-row dot products for large ones (the targets, one id per row, take the
+    latter)."""
 
     gather_products_per_id = 64  # lazy gather: chunked products while N <= this x K ids per row
 
@@ -214,11 +216,11 @@ class ItemScores:
         self._lse: torch.Tensor | None = None
 
     def _first_pass(self) -> None:
-        lse, *outs = _LinearScores.apply(
-            self.hidden, self.weight, self.bias, chunk_rows(self.weight.shape[0]), *self._prefetch
-        )
+        """The normaliser, with the scores of the prefetched ids not read yet in the same pass."""
+        todo = [i for i in self._prefetch if self._gathered.get(id(i), (None,))[0] is not i]
+        lse, *outs = _LinearScores.apply(self.hidden, self.weight, self.bias, chunk_rows(self.weight.shape[0]), *todo)
         self._lse = lse
-        for index, out in zip(self._prefetch, outs):
+        for index, out in zip(todo, outs):
             self._gathered[id(index)] = (index, out)
 
     @property
@@ -236,8 +238,8 @@ class ItemScores:
         """``scores.gather(1, index)`` for index [M, K]; the same index object is scored once."""
         if dim not in (1, -1):
             raise ValueError("ItemScores.gather: only dim=1 (items) is supported")
-        if self._lse is None:
-            self._first_pass()
+        # a pass over all items only when the normaliser is (or was) asked for: a student whose own
+        # loss needs no softmax (BPR) and losses that read only the top-K (soft, rd, rrd) score just those
         hit = self._gathered.get(id(index))
         if hit is not None and hit[0] is index:
             return hit[1]

@@ -197,3 +197,26 @@ def test_rrd_suffix_logsumexp_equals_logcumsumexp_with_its_gradient():
     out = suffix_logsumexp(far)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(far.grad).all()
+
+
+def test_item_scores_compute_the_normaliser_only_when_asked(monkeypatch):
+    """Reading the top-K alone (a BPR student with soft/rd/rrd) scores just those ids: no pass over
+    all items; once the normaliser is asked for, the prefetched ids not read yet come from that pass."""
+    import recbole_kd.fused as fused
+    from recbole_kd.fused import ItemScores
+
+    calls = []
+    real = fused._LinearScores.apply
+    monkeypatch.setattr(fused._LinearScores, "apply", lambda *a: calls.append(len(a) - 4) or real(*a))
+    monkeypatch.setattr(ItemScores, "gather_products_per_id", 0)  # large catalogue: per-row products
+    torch.manual_seed(6)
+    h, w = torch.randn(9, 4, dtype=torch.float64), torch.randn(40, 4, dtype=torch.float64)
+    top, extra = torch.randint(0, 40, (9, 3)), torch.randint(0, 40, (9, 5))
+    full = h @ w.t()
+    s = ItemScores(h, w, prefetch=(top, extra))
+    assert torch.allclose(s.gather(1, top), full.gather(1, top)) and calls == []
+    assert torch.allclose(s.logsumexp(), torch.logsumexp(full, 1)) and calls == [1]  # only `extra` left
+    assert torch.allclose(s.gather(1, extra), full.gather(1, extra)) and calls == [1]
+    s = ItemScores(h, w, prefetch=(top, extra))  # the student's cross-entropy first: one pass for all
+    s.logsumexp()
+    assert calls == [1, 2] and s.gather(1, top) is s.gather(1, top)
