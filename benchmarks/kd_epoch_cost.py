@@ -8,6 +8,7 @@ distillation epoch: its top-K is computed once, before the first epoch, and repo
     OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset ml-100k
     OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset amazon-beauty-5core --data_path ../shared/datasets \
         --student_set hidden_size=32 inner_size=64
+    OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset ml-100k --student MF-S
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--data_path", default=None)
+    ap.add_argument("--student", default="SASRec-S", help="any registered student; distilled as KD-<student>")
+    ap.add_argument("--name", default=None, help="output name (default kd_epoch_cost_<dataset>[_<student>])")
     ap.add_argument("--teacher", default="SASRec-L")
     ap.add_argument("--teacher_epochs", type=int, default=1)
     ap.add_argument("--teacher_set", nargs="*", help="key=value settings for the teacher")
@@ -43,9 +46,9 @@ def main():
                        **common, **parse_sets(args.teacher_set))
     ckpt = os.path.join(work, "teacher", teacher["checkpoint"])
     student = parse_sets(args.student_set)
-    configs = {"alone": ("SASRec-S", {})}
+    configs = {"alone": (args.student, {})}
     for spec in args.losses:
-        configs[f"kd:{spec}"] = ("KD-SASRec", {"kd_losses": {name: 1.0 for name in spec.split("+")},
+        configs[f"kd:{spec}"] = (f"KD-{args.student}", {"kd_losses": {name: 1.0 for name in spec.split("+")},
                                                "teacher": args.teacher, "teacher_checkpoint": ckpt})
     runs = {name: [] for name in configs}
     for r in range(args.rounds):
@@ -64,7 +67,7 @@ def main():
         f"# Cost of a distillation epoch on {args.dataset} (teacher top-K cached)",
         "",
         f"Teacher {args.teacher} ({teacher['num_params']:,} parameters, {args.teacher_epochs} epoch(s); its quality "
-        f"does not change the cost). Student SASRec-S {student or '(defaults)'} "
+        f"does not change the cost). Student {args.student} {student or '(defaults)'} "
         f"({runs['alone'][0]['num_params']:,} parameters). Each configuration trained {args.epochs} epochs, "
         f"{args.rounds} rounds, round-robin; median seconds per training epoch (the teacher cache is built once "
         "before the first epoch and listed separately).",
@@ -94,7 +97,8 @@ def main():
            if met else
            f"Slowest distillation: `{worst}`, {rows[worst]['ratio_vs_alone']:.2f}x a plain student epoch (target <= 1.3x: "
            f"MISSED for {', '.join(n for n in rows if n != 'alone' and rows[n]['ratio_vs_alone'] > 1.3)})."]
-    write_outputs(f"kd_epoch_cost_{args.dataset}", {"rows": rows, "args": vars(args), "teacher": {
+    name = args.name or f"kd_epoch_cost_{args.dataset}" + ("" if args.student == "SASRec-S" else f"_{args.student}")
+    write_outputs(name, {"rows": rows, "args": vars(args), "teacher": {
         k: teacher.get(k) for k in ("model", "num_params", "epochs_run", "train_seconds_per_epoch")}}, "\n".join(md))
     print("\n".join(md), flush=True)
 
