@@ -115,7 +115,9 @@ def main():
     for cell in args.cells:
         model, overrides = cell_spec(cell, args)
         if model.startswith("KD-"):
-            overrides.update(teacher=args.teacher, teacher_checkpoint=teacher_ckpt)
+            # the teacher's top-K is computed by the first distilled run and read from disk by the others
+            overrides.update(teacher=args.teacher, teacher_checkpoint=teacher_ckpt,
+                             kd_cache_dir=os.path.abspath(os.path.join(work, "teacher-outputs")))
         overrides.update(parse_sets(args.student_set))
         runs = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, seed=s, **overrides) for s in args.seeds]
         runs = [r for r in runs if r is not None]

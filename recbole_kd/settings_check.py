@@ -169,6 +169,9 @@ def check_kd_values(config, bad) -> None:
                 bad(f"kd_loss_params.{name}.{key}", value, f"unknown parameter; {name} takes {sorted(defaults) or 'none'}")
             if not (isinstance(value, Number) and not isinstance(value, bool) and value > 0):
                 bad(f"kd_loss_params.{name}.{key}", value, "must be a number > 0")
+    cache_dir = config["kd_cache_dir"]
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        bad("kd_cache_dir", cache_dir, "must be a folder path (or ~ for memory only)")
     gate = config["kd_gate"] or "none"
     if gate not in ("none", "topk", "rank"):
         bad("kd_gate", gate, "must be none, topk or rank")

@@ -189,3 +189,36 @@ def test_evaluate_checkpoints_matches_the_training_run_and_scores_ensembles(tiny
     with torch.no_grad():
         expected = torch.stack([torch.log_softmax(m.full_sort_predict(batch), 1) for m in ens.members]).mean(0)
         torch.testing.assert_close(ens.full_sort_predict(batch), expected)
+
+
+@pytest.mark.parametrize("model", ["KD-SASRec", "KD-MF"])
+def test_teacher_outputs_disk_cache_is_reused_only_for_the_same_teacher_and_inputs(model, tiny_data, zoo, workdir, tmp_path):
+    """kd_cache_dir: the first run computes and saves the teacher's outputs, a later run with the
+    same teacher and training inputs loads them (equal tensors, equal loss); another top-K gets
+    its own file; an unreadable file is recomputed, not trusted."""
+    cache = str(tmp_path / "cache")
+    losses = {"soft": 1.0, "hint": 1.0}
+    first, train, _ = make_trainer(model, tiny_data, zoo, kd_losses=losses, kd_cache_dir=cache)
+    out1 = first.teacher_outputs
+    assert not out1.loaded_from_disk and os.path.isfile(out1.cache_file)
+    # another student seed, the same teacher checkpoint (as the benchmark runs its seeds)
+    again, _, _ = make_trainer(model, tiny_data, zoo, kd_losses=losses, kd_cache_dir=cache, seed=5,
+                               teacher_checkpoint=first.teacher_info["teacher_checkpoint"])
+    out2 = again.teacher_outputs
+    assert out2.loaded_from_disk and out2.cache_file == out1.cache_file
+    for key in ("ids", "scores", "hidden"):
+        assert torch.equal(getattr(out1, key), getattr(out2, key)), key
+    again.model.load_state_dict(first.model.state_dict())
+    again.kd_modules.load_state_dict(first.kd_modules.state_dict())
+    first.model.eval(), again.model.eval()
+    batch = next(iter(train))
+    for x, y in zip(first.distillation_loss(batch), again.distillation_loss(batch)):
+        assert torch.equal(x, y)
+    other, _, _ = make_trainer(model, tiny_data, zoo, kd_losses=losses, kd_cache_dir=cache, kd_topk=7)
+    assert not other.teacher_outputs.loaded_from_disk and other.teacher_outputs.cache_file != out1.cache_file
+    with open(out1.cache_file, "wb") as f:
+        f.write(b"truncated")
+    redo, _, _ = make_trainer(model, tiny_data, zoo, kd_losses=losses, kd_cache_dir=cache)
+    assert not redo.teacher_outputs.loaded_from_disk
+    assert torch.equal(redo.teacher_outputs.ids, out1.ids)
+    assert torch.load(out1.cache_file, weights_only=True)["ids"].shape == out1.ids.shape  # rewritten whole

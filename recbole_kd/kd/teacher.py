@@ -55,6 +55,10 @@ def zoo_path(config) -> tuple[str, str, str]:
     return folder, key, os.path.join(folder, key + ".pth")
 
 
+def _is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _freeze(model):
     model.eval()
     for p in model.parameters():
@@ -298,7 +302,8 @@ class TeacherOutputs:
     student trains on. ``cached=True``: computed once for the whole training set; otherwise
     computed batch by batch (same functions, same results)."""
 
-    def __init__(self, teacher, train_data, topk: int, need_hidden: bool, cached: bool, device, batch_size=256):
+    def __init__(self, teacher, train_data, topk: int, need_hidden: bool, cached: bool, device, batch_size=256,
+                 cache_dir: str | None = None):
         self.teacher = teacher
         self.topk = min(int(topk), teacher.n_items - 1)
         self.need_hidden = need_hidden
@@ -307,10 +312,70 @@ class TeacherOutputs:
         self.batch_size = batch_size
         self.mode = "position" if hasattr(train_data, "table") else "user"
         self.history_mask = None
+        self.cache_file, self.loaded_from_disk = None, False
         if self.mode == "user":
             self._prepare_users(train_data.dataset)
         if cached:
-            self._build_cache(train_data)
+            if cache_dir:
+                self.cache_file = os.path.join(cache_dir, f"teacher-outputs-{self._digest(train_data)}.pt")
+                self.loaded_from_disk = self._load(self.cache_file)
+            if not self.loaded_from_disk:
+                self._build_cache(train_data)
+                if self.cache_file and _is_main_process():
+                    self._save(self.cache_file)
+
+    # ---- on-disk cache (kd_cache_dir): shared by every student of the same teacher and data -----------
+    _CACHED = ("ids", "scores", "hidden", "offsets", "user_index")
+
+    def _digest(self, train_data) -> str:
+        """Hash of everything the cached tensors are computed from: the teacher's weights and the
+        plain attributes of its modules (head counts, window length, ...), top-K, whether hidden
+        states are kept, and the exact inputs (the training windows, or the users' histories and
+        masks). Equal digests mean equal outputs, so a cached file is never wrong for a run."""
+        h = hashlib.sha1(f"v1|{self.mode}|{self.topk}|{self.need_hidden}".encode())
+        for name, tensor in self.teacher.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        attrs = [{k: v for k, v in vars(m).items() if isinstance(v, (bool, int, float, str))}
+                 for m in self.teacher.modules()]
+        h.update(json.dumps([type(m).__name__ for m in self.teacher.modules()] + attrs, sort_keys=True).encode())
+        if self.mode == "position":
+            from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD
+
+            inputs = [train_data.table[WINDOW_FIELD], train_data.table[OWN_FROM_FIELD]]
+        else:
+            inputs = [self.user_row, self.user_seqs, self.user_lens, self.history_mask]
+        for tensor in inputs:
+            h.update(tensor.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def _load(self, path: str) -> bool:
+        if not os.path.isfile(path):
+            return False
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in self._CACHED:
+                setattr(self, key, state.get(key))
+        except Exception as exc:  # unreadable (e.g. truncated by a crash): recompute and overwrite
+            getLogger().warning(f"teacher output cache {path} unreadable ({type(exc).__name__}); recomputing")
+            return False
+        getLogger().info(f"teacher outputs loaded from {path}")
+        return True
+
+    def _save(self, path: str) -> None:
+        import tempfile
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        state = {k: getattr(self, k) for k in self._CACHED if getattr(self, k, None) is not None}
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        getLogger().info(f"teacher outputs saved to {path}")
 
     # ---- raw teacher outputs ------------------------------------------------------------------------
     @torch.no_grad()

@@ -105,7 +105,8 @@ class DistillTrainer(KDTrainer):
             )
             self.distribute(self.kd_modules)  # distributed: KD helpers' gradients are averaged too
         self.teacher_outputs = TeacherOutputs(
-            self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device
+            self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device,
+            cache_dir=self.config["kd_cache_dir"],
         )
         self.cache_seconds = time.perf_counter() - t0
         self.logger.info(
@@ -187,6 +188,8 @@ class DistillTrainer(KDTrainer):
             "kd_cache": self.kd_cache,
             "teacher_cache_bytes": self.teacher_outputs.nbytes() if self.teacher_outputs else 0,
             "teacher_setup_seconds": self.cache_seconds,
+            "teacher_cache_file": self.teacher_outputs.cache_file if self.teacher_outputs else None,
+            "teacher_cache_loaded": bool(self.teacher_outputs and self.teacher_outputs.loaded_from_disk),
         }
         report.update(self.teacher_info)
         if self.teacher is not None:
