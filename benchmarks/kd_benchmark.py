@@ -149,12 +149,18 @@ def ensemble_cell(path, args, checkpoints, members, common):
     res.update(cell="teacher-ensemble", seeds=args.teacher_seeds,
                checkpoints=[os.path.relpath(p, os.path.dirname(os.path.dirname(path))) for p in checkpoints],
                epochs_run=sum(m["epochs_run"] for m in members),
-               train_seconds=sum(m["train_seconds"] for m in members),
-               train_seconds_per_epoch=sum(m["train_seconds"] for m in members) / sum(m["epochs_run"] for m in members))
+               train_seconds=sum(epoch_seconds(m) for m in members),
+               train_seconds_per_epoch=sum(epoch_seconds(m) for m in members) / sum(m["epochs_run"] for m in members))
     with open(path + ".tmp", "w") as f:
         json.dump(res, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
     return res
+
+
+def epoch_seconds(res):
+    """Seconds of training epochs of a run (a resumed run's own ``train_seconds`` counts only the
+    part after the resume; its per-epoch times include the epochs before it)."""
+    return res["train_seconds_per_epoch"] * res["epochs_run"]
 
 
 def metric(runs, key):
@@ -175,12 +181,12 @@ def render(args, teacher, rows, members=()):
     if members:
         about = (f"Teacher {teacher['model']}: the ensemble of {len(members)} {args.teacher} runs (seeds "
                  f"{args.teacher_seeds}; scores = mean of their log-probabilities), {teacher['num_params']:,} "
-                 f"parameters, {teacher['epochs_run']} epochs and {teacher['train_seconds']:.0f} s of training in all; "
+                 f"parameters, {teacher['epochs_run']} epochs and {teacher['train_seconds']:.0f} s of training epochs in all; "
                  "evaluated as one model on the same split; distilled runs use it. Row `teacher member`: its "
                  f"members alone (mean ± std over the {len(members)} seeds).")
     else:
         about = (f"Teacher {args.teacher}: {teacher['num_params']:,} parameters, trained once (seed "
-                 f"{args.teacher_seeds[0]}, {teacher['epochs_run']} epochs, {teacher['train_seconds']:.0f} s); "
+                 f"{args.teacher_seeds[0]}, {teacher['epochs_run']} epochs, {epoch_seconds(teacher):.0f} s of training epochs); "
                  "distilled runs use this checkpoint.")
     lines = [
         f"# Distillation on {args.dataset} (leave-one-out, full ranking; {len(args.seeds)} seeds: {args.seeds})",
