@@ -120,6 +120,10 @@ def main():
                              kd_cache_dir=os.path.abspath(os.path.join(work, "teacher-outputs")))
         overrides.update(parse_sets(args.student_set))
         runs = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, seed=s, **overrides) for s in args.seeds]
+        for r in runs:
+            if r is not None and model.startswith("KD-") and relative(r.get("teacher_checkpoint"), out) != relative(teacher_ckpt, out):
+                raise SystemExit(f"cell {r['cell']} was distilled from another teacher ({r.get('teacher_checkpoint')}); "
+                                 f"delete it or use another --out")
         runs = [r for r in runs if r is not None]
         if runs:
             rows[cell] = runs
@@ -140,21 +144,36 @@ def main():
 def ensemble_cell(path, args, checkpoints, members, common):
     """The ensemble teacher's row: evaluated once through RecBole's evaluator (stored like a cell);
     its training cost is the sum of its members'."""
+    rel = [os.path.relpath(p, os.path.dirname(os.path.dirname(path))) for p in checkpoints]
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f)
+            stored = json.load(f)
+        if stored.get("checkpoints") == rel:
+            return stored
+        if args.render_only:
+            raise SystemExit(f"{path} holds another ensemble ({stored.get('checkpoints')}); run without --render_only")
     from recbole_kd.kd.teacher import evaluate_checkpoints
 
-    res = evaluate_checkpoints(args.dataset, checkpoints, {k: v for k, v in common.items() if k == "data_path"})
-    res.update(cell="teacher-ensemble", seeds=args.teacher_seeds,
-               checkpoints=[os.path.relpath(p, os.path.dirname(os.path.dirname(path))) for p in checkpoints],
-               epochs_run=sum(m["epochs_run"] for m in members),
+    res = evaluate_checkpoints(args.dataset, checkpoints, common)  # the data/evaluation settings every cell has
+    epochs = sum(m["epochs_run"] for m in members)
+    res.update(cell="teacher-ensemble", seeds=args.teacher_seeds, checkpoints=rel, epochs_run=epochs,
                train_seconds=sum(epoch_seconds(m) for m in members),
-               train_seconds_per_epoch=sum(epoch_seconds(m) for m in members) / sum(m["epochs_run"] for m in members))
+               train_seconds_per_epoch=sum(epoch_seconds(m) for m in members) / max(epochs, 1))
     with open(path + ".tmp", "w") as f:
         json.dump(res, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
     return res
+
+
+def relative(paths, folder):
+    """Checkpoint path(s) inside the benchmark folder, from its name on (cells record absolute
+    paths; they stay comparable when the folder is moved or computed in another checkout)."""
+    if isinstance(paths, (list, tuple)):
+        return [relative(p, folder) for p in paths]
+    if not isinstance(paths, str):
+        return paths
+    marker = os.sep + os.path.basename(os.path.normpath(folder)) + os.sep
+    return paths.rsplit(marker, 1)[-1]
 
 
 def epoch_seconds(res):

@@ -40,7 +40,7 @@ def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
         cfg = build_config(state["config"]["model"], dataset, overrides=arch)
         data, _, _, test = prepare(cfg)
         model, info = load_ensemble(cfg, data, paths, None)
-        return info["teacher"], model, test
+        return info["teacher"], model.cpu(), test  # timed on the CPU like the single models
     path = os.path.join(out, cell["checkpoint"])
     state = load_checkpoint(path)
     name = state["config"]["model"]

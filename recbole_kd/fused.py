@@ -246,9 +246,10 @@ class ItemScores:
         if self.weight.shape[0] <= self.gather_products_per_id * max(index.shape[1], 1):
             out = _LinearGather.apply(self.hidden, self.weight, self.bias, index, chunk_rows(self.weight.shape[0]))
         else:
-            out = torch.bmm(self.weight[index], self.hidden.unsqueeze(2)).squeeze(2)
-            if self.bias is not None:
-                out = out + self.bias[index]
+            with torch.autocast(self.hidden.device.type, enabled=False):  # the table's precision, as above
+                out = torch.bmm(self.weight[index], self.hidden.unsqueeze(2)).squeeze(2)
+                if self.bias is not None:
+                    out = out + self.bias[index]
         self._gathered[id(index)] = (index, out)
         return out
 
@@ -261,8 +262,9 @@ class ItemScores:
         return ItemLogProbs(self)
 
     def full(self) -> torch.Tensor:
-        logits = self.hidden @ self.weight.t()
-        return logits if self.bias is None else logits + self.bias
+        with torch.autocast(self.hidden.device.type, enabled=False):
+            logits = self.hidden @ self.weight.t()
+            return logits if self.bias is None else logits + self.bias
 
 
 class ItemLogProbs:
@@ -279,7 +281,8 @@ class ItemLogProbs:
         return self.scores.size(dim)
 
     def gather(self, dim: int, index: torch.Tensor) -> torch.Tensor:
-        return self.scores.gather(dim, index) - self.scores.logsumexp().unsqueeze(1)
+        lse = self.scores.logsumexp()  # first: prefetched ids come with the normaliser's pass
+        return self.scores.gather(dim, index) - lse.unsqueeze(1)
 
     def full(self) -> torch.Tensor:
         return F.log_softmax(self.scores.full(), dim=1)

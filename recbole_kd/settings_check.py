@@ -122,9 +122,9 @@ def check_values(config) -> None:
     if _is_int(heads) and _is_int(hidden) and hidden % heads:
         bad("n_heads", heads, f"must divide hidden_size={hidden}")
     if get("kd_losses") is not None:
-        if get("teacher") is None:  # only the KD-* entries name a teacher
-            bad("kd_losses", get("kd_losses"), f"only distilled models use it; run --model=KD-{get('model')} "
-                "(any registered student has a KD- entry) or drop kd_losses")
+        if _kind(get("model")) != "distilled":
+            hint = f"run --model=KD-{get('model')}" if _kind(get("model")) == "student" else "run a KD- model (--list)"
+            bad("kd_losses", get("kd_losses"), f"only distilled models use it; {hint} or drop kd_losses")
         check_kd_values(config, bad)
     if get("transfer_mechanisms") is not None:
         from recbole_kd.transfer.trainer import parse_mechanisms, source_spec
@@ -140,6 +140,15 @@ def check_values(config) -> None:
     resume = get("resume")
     if resume not in (None, False, True, "auto") and not isinstance(resume, str):
         bad("resume", resume, "must be True, False, auto or the path of a *-last.pth checkpoint")
+
+
+def _kind(model) -> str | None:
+    from recbole_kd.registry import get_entry
+
+    try:
+        return get_entry(model).kind
+    except Exception:  # an unknown model is reported by its own check
+        return None
 
 
 def check_kd_values(config, bad) -> None:

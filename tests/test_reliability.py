@@ -188,6 +188,7 @@ def test_bad_checkpoints_are_refused_with_one_line(tiny, tmp_path, capsys):
         (["--model=KD-SASRec", "--kd_losses={'soft': -1}"], "weight must be a number >= 0"),
         (["--model=KD-SASRec", "--teacher=SASRecX"], "unknown model 'SASRecX'"),
         (["--model=SASRec-S", "--kd_losses={'soft': 1.0}"], "only distilled models use it; run --model=KD-SASRec-S"),
+        (["--model=SASRec-L", "--teacher=SASRec-L", "--kd_losses={'soft': 1.0}"], "only distilled models use it; run a KD- model"),
         (["--model=SASRec-S", "--learning_rat=0.01", "--strict"], "did you mean learning_rate"),
     ],
 )

@@ -139,9 +139,14 @@ def test_chunked_kernels_run_under_autocast_in_the_tables_precision(tiny_data, w
         x = ItemScores(hidden, weight, bias, prefetch=(top,))
         return linear_cross_entropy(hidden, weight, targets, bias), x.log_softmax().gather(1, top).sum()
 
-    plain = losses()
+    def rows_path():  # ids outside the prefetch, per-row dot products (large-catalogue rule)
+        x = ItemScores(hidden, weight, bias)
+        x.gather_products_per_id = 0
+        return x.gather(1, top), x.log_softmax().gather(1, top), x.full()
+
+    plain = losses() + rows_path()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = losses()
+        mixed = losses() + rows_path()
     for a, b in zip(plain, mixed):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
     half = hidden.detach().bfloat16().requires_grad_()

@@ -55,6 +55,15 @@ def zoo_path(config) -> tuple[str, str, str]:
     return folder, key, os.path.join(folder, key + ".pth")
 
 
+def _all_ranks(flag: bool) -> bool:
+    """True only if ``flag`` holds on every rank (one process: ``flag``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -191,8 +200,10 @@ class EnsembleTeacher(torch.nn.Module):
         self.n_items = members[0].n_items
         self.max_seq_length = max(getattr(m, "max_seq_length", 1) for m in members)
         self.hidden_size = sum(int(getattr(m, "hidden_size", None) or m.embedding_size) for m in members)
-        first = members[0]
-        self.type = first.type  # RecBole's model type: which evaluation loader feeds full_sort_predict
+        # RecBole's model type decides which evaluation loader feeds full_sort_predict: a sequential
+        # one if any member reads histories (an MF member needs only the user ids it also carries)
+        first = next((m for m in members if hasattr(m, "ITEM_SEQ")), members[0])
+        self.type = first.type
         self.USER_ID = first.USER_ID
         self.ITEM_SEQ = getattr(first, "ITEM_SEQ", None)
         self.ITEM_SEQ_LEN = getattr(first, "ITEM_SEQ_LEN", None)
@@ -318,7 +329,7 @@ class TeacherOutputs:
         if cached:
             if cache_dir:
                 self.cache_file = os.path.join(cache_dir, f"teacher-outputs-{self._digest(train_data)}.pt")
-                self.loaded_from_disk = self._load(self.cache_file)
+                self.loaded_from_disk = _all_ranks(self._load(self.cache_file))  # all load, or all compute
             if not self.loaded_from_disk:
                 self._build_cache(train_data)
                 if self.cache_file and _is_main_process():
@@ -332,13 +343,21 @@ class TeacherOutputs:
         plain attributes of its modules (head counts, window length, ...), top-K, whether hidden
         states are kept, and the exact inputs (the training windows, or the users' histories and
         masks). Equal digests mean equal outputs, so a cached file is never wrong for a run."""
-        h = hashlib.sha1(f"v1|{self.mode}|{self.topk}|{self.need_hidden}".encode())
-        for name, tensor in self.teacher.state_dict().items():
+        import inspect
+
+        h = hashlib.sha1(f"{self.mode}|{self.topk}|{self.need_hidden}|{torch.device(self.device).type}".encode())
+        tensors = list(self.teacher.named_parameters()) + list(self.teacher.named_buffers())  # incl. non-persistent
+        for name, tensor in tensors:
             h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         attrs = [{k: v for k, v in vars(m).items() if isinstance(v, (bool, int, float, str))}
                  for m in self.teacher.modules()]
         h.update(json.dumps([type(m).__name__ for m in self.teacher.modules()] + attrs, sort_keys=True).encode())
+        # the code that computes the outputs: this module and the teacher's model classes
+        files = {__file__} | {inspect.getsourcefile(type(m)) or "" for m in self.teacher.modules()}
+        for path in sorted(f for f in files if f and os.path.isfile(f)):
+            with open(path, "rb") as f:
+                h.update(f.read())
         if self.mode == "position":
             from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD
 
@@ -363,15 +382,17 @@ class TeacherOutputs:
         return True
 
     def _save(self, path: str) -> None:
-        import tempfile
-
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        """Write whole or not at all (a temporary file renamed into place); a folder that cannot be
+        written costs only the reuse: a warning, and the run goes on with the outputs in memory."""
         state = {k: getattr(self, k) for k in self._CACHED if getattr(self, k, None) is not None}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
+        tmp = f"{path}.tmp-{os.getpid()}"
         try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             torch.save(state, tmp)
             os.replace(tmp, path)
+        except OSError as exc:
+            getLogger().warning(f"teacher output cache not written to {path} ({exc}); outputs kept in memory only")
+            return
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -507,8 +528,15 @@ def evaluate_checkpoints(dataset_name: str, paths, overrides: dict | None = None
     from recbole_kd.quick_start import _floats, cost_report, prepare
     from recbole_kd.registry import get_trainer
 
+    from recbole.model.abstract_recommender import SequentialRecommender
+
+    from recbole_kd.registry import get_entry
+
     paths = [paths] if isinstance(paths, str) else list(paths)
-    state = load_checkpoint(paths[0], map_location="cpu")
+    states = [load_checkpoint(p, map_location="cpu") for p in paths]
+    # a sequential member's settings, if any: its evaluation loader also carries the user ids MF needs
+    state = next((st for st in states if issubclass(get_entry(st["config"]["model"]).cls, SequentialRecommender)),
+                 states[0])
     name = state["config"]["model"]
     settings = {**_arch_overrides(state["config"]), "show_progress": False, **(overrides or {})}
     config = build_config(name, dataset_name, overrides=settings)
