@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 import threading
 import types
@@ -264,6 +265,31 @@ def patch_init_device() -> None:
         Config._init_device = _init_device
 
 
+def _ensure_dir(dir_path):
+    """RecBole's ensure_dir checks, then creates: processes starting together (a distributed
+    run's workers, each calling init_logger) race and one dies with FileExistsError."""
+    os.makedirs(dir_path, exist_ok=True)
+
+
+# every RecBole module that imported ensure_dir by name
+_ENSURE_DIR_MODULES = ("recbole.utils.utils", "recbole.utils", "recbole.utils.logger", "recbole.trainer.trainer",
+                       "recbole.data.dataset.dataset", "recbole.data.utils")
+
+
+_ORIGINAL_ENSURE_DIR = None
+
+
+def patch_ensure_dir() -> None:
+    global _ORIGINAL_ENSURE_DIR
+    utils = importlib.import_module("recbole.utils.utils")
+    if _ORIGINAL_ENSURE_DIR is None and utils.ensure_dir is not _ensure_dir:
+        _ORIGINAL_ENSURE_DIR = utils.ensure_dir
+    for name in _ENSURE_DIR_MODULES:
+        module = importlib.import_module(name)
+        if hasattr(module, "ensure_dir"):
+            module.ensure_dir = _ensure_dir
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -274,4 +300,5 @@ def apply() -> None:
     patch_token_seq_agg()
     patch_ray_import()
     patch_init_device()
+    patch_ensure_dir()
     _APPLIED = True

@@ -226,3 +226,22 @@ def test_trainer_checkpoint_roundtrip_with_safe_loader(workdir, tiny_data):
     state = torch.load(res["checkpoint"], weights_only=True)
     assert state["config"]["model"] == "BPR"
     assert res["test_result"]["ndcg@10"] >= 0.0
+
+
+def test_ensure_dir_race_between_processes_is_harmless(tmp_path, monkeypatch):
+    """Trap: RecBole's ensure_dir checks os.path.exists and then calls os.makedirs, so workers of a
+    distributed run starting together (each calls init_logger -> ensure_dir('./log')) race and one
+    dies with FileExistsError. Simulated: the folder appears between the check and the creation."""
+    import importlib
+
+    from recbole_kd import compat
+
+    compat.apply()
+    target = tmp_path / "log"
+    target.mkdir()
+    monkeypatch.setattr(os.path, "exists", lambda p: False)  # another process created it meanwhile
+    for name in compat._ENSURE_DIR_MODULES:
+        module = importlib.import_module(name)
+        module.ensure_dir(str(target))  # no FileExistsError
+    with pytest.raises(FileExistsError):
+        compat._ORIGINAL_ENSURE_DIR(str(target))
