@@ -14,6 +14,12 @@ benchmarks/results/dataset_stats.json and .md (with the command and the machine)
     row the file marks test_original, i.e. leave-one-out tests the published test item;
   * datasets with rm_dup_inter (ciao): the rows RecBole keeps, in its order, are exactly the file's
     rows minus later repeats of a (user, item) pair, in file order (its pre-dedup sort moved nothing).
+And, per dataset, how cold its test items are under the benchmark protocol (RecBole's leave-one-out
+by time, through the same ``prepare`` as a training run): the share of test items that never occur
+in the training data, on the full training data and in the low-resource setting (train_fraction 0.2),
+and the share that has item text (the text transfer mechanism's only signal for an unseen item).
+An ID-based model has learned nothing about an unseen test item (its embedding is still the random
+initialisation), whatever it transfers through shared encoders.
 """
 from __future__ import annotations
 
@@ -114,7 +120,42 @@ def stats_for(name: str, data_path: str, scratch: str) -> dict:
         row["checks"]["cdr_test_row"] = check_cdr_test_rows(dataset)
     if config["rm_dup_inter"]:
         row["checks"]["dedup_order"] = check_dedup_order(dataset, inter_path)
+    row["test_items"] = test_item_stats(name, overrides)
     return row
+
+
+def test_item_stats(name: str, overrides: dict) -> dict:
+    """Test users, and the share of their test items unseen in training (full and 20 %) or with text."""
+    import numpy as np
+
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
+
+    out = {}
+    for key, fraction in (("unseen_full", None), ("unseen_20", 0.2)):
+        config = build_config("MF-S", name, overrides={**overrides, "train_fraction": fraction})
+        dataset, train_data, _, test_data = prepare(config)
+        iid = dataset.iid_field
+        seen = np.zeros(dataset.item_num, dtype=bool)
+        seen[train_data.dataset.inter_feat[iid].numpy()] = True
+        test_items = test_data.dataset.inter_feat[iid].numpy()
+        out["test_users"] = int(len(test_items))
+        out[key] = float((~seen[test_items]).mean())
+        if fraction is None:
+            out["with_text"] = _text_share(config, dataset, test_items)
+    return out
+
+
+def _text_share(config, dataset, test_items):
+    from recbole_kd.transfer.text import item_texts
+
+    if not os.path.isfile(os.path.join(config["data_path"], f"{config['dataset']}.item")):
+        return None
+    try:
+        texts = item_texts(config, dataset)
+    except Exception:  # an item file without text columns
+        return None
+    return float(sum(1 for i in test_items if texts[i]) / len(test_items))
 
 
 def machine() -> dict:
@@ -164,6 +205,21 @@ def to_markdown(result: dict) -> str:
             f"{r['density']:.4%} | {r['mean_sequence_length']:.2f} | {r['file_rows']:,} | {r['time_field']} | "
             f"{r['load_seconds']} |"
         )
+    lines += [
+        "",
+        "Test items under the benchmark protocol (leave-one-out by time; `20 %` = the low-resource setting, "
+        "train_fraction 0.2, same test users): the share never seen in training (an ID-based model has "
+        "learned nothing about such an item: its embedding is still the random initialisation), and the share "
+        "with item text in the `.item` file.",
+        "",
+        "| dataset | test users | test item unseen in training (full) | unseen (20 %) | test item has text |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in result["datasets"]:
+        t = r.get("test_items")
+        if t:
+            text = "no item text" if t["with_text"] is None else f"{t['with_text']:.1%}"
+            lines.append(f"| {r['dataset']} | {t['test_users']:,} | {t['unseen_full']:.1%} | {t['unseen_20']:.1%} | {text} |")
     checks = [(r["dataset"], k, v) for r in result["datasets"] for k, v in r.get("checks", {}).items()]
     if checks:
         lines += ["", "Checks:", ""]

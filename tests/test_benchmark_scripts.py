@@ -1,0 +1,36 @@
+"""Benchmark scripts whose figures go into the READMEs: checked on hand-made data."""
+import os
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+
+def _write_cold_dataset(root):
+    """10 users x 10 interactions. Users 1-5 start with the common item C and are tested on an item
+    of their own (x_u, with text); users 6-10 are tested on C. Every other item is the user's own."""
+    folder = os.path.join(str(root), "cold")
+    os.makedirs(folder)
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(1, 11):
+        seq = ["C" if (u <= 5 and t == 0) else f"t{u}_{t}" for t in range(8)] + [f"v{u}", f"x{u}" if u <= 5 else "C"]
+        inter += [f"u{u}\t{item}\t{100 * u + t}" for t, item in enumerate(seq)]
+    with open(os.path.join(folder, "cold.inter"), "w") as f:
+        f.write("\n".join(inter) + "\n")
+    with open(os.path.join(folder, "cold.item"), "w") as f:
+        f.write("item_id:token\tname:token_seq\n" + "".join(f"x{u}\titem number {u}\n" for u in range(1, 6)))
+    return str(root)
+
+
+def test_test_item_stats_counts_unseen_and_text_items(tmp_path):
+    from dataset_stats import test_item_stats
+
+    data = _write_cold_dataset(tmp_path / "data")
+    got = test_item_stats("cold", {"data_path": data, "show_progress": False, "state": "WARNING",
+                                   "checkpoint_dir": str(tmp_path / "saved"), "save_dataset": False,
+                                   # as the dataset yamls of datasets with text: the .item file is read for text only
+                                   "load_col": {"inter": ["user_id", "item_id", "timestamp"]}})
+    # full: C is in users 1-5's training data, each x_u in nobody's -> 5 of 10 test items unseen
+    # 20 %: each user keeps the last 2 of 8 training items, so C is no longer seen either -> 10 of 10
+    assert got == {"test_users": 10, "unseen_full": 0.5, "unseen_20": 1.0, "with_text": 0.5}
