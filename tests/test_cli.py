@@ -18,6 +18,19 @@ def test_list_prints_every_kind():
         assert len(line.split(None, 2)) == 3, f"no description: {line!r}"
 
 
+def test_closed_stdout_is_not_a_traceback():
+    """`python -m recbole_kd --list | head -1` (or a bench --dry-run piped to head): the reader is gone."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "recbole_kd", "--list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child has imported anything, so its first write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_unknown_model_exit_2_close_matches():
     proc = run_cli("--model=SASRecS", "--dataset=ml-100k")
     assert proc.returncode == 2
