@@ -22,38 +22,17 @@ from common import RESULTS, write_outputs
 
 
 def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
-    from recbole_kd.checkpoint import load_checkpoint
-    from recbole_kd.config import build_config
-    from recbole_kd.kd.teacher import _arch_overrides
-    from recbole_kd.quick_start import prepare
-    from recbole_kd.registry import get_entry
+    """(label, model on the CPU, test loader) of a cell's checkpoint, or of the ensemble teacher of
+    kd_benchmark.py --teacher_seeds (a cell with ``checkpoints``)."""
+    from recbole_kd.kd.teacher import load_checkpoints
 
-    if "checkpoints" in cell:  # the ensemble teacher of kd_benchmark.py --teacher_seeds
-        from recbole_kd.kd.teacher import load_ensemble
-
-        paths = [os.path.join(out, p) for p in cell["checkpoints"]]
-        state = load_checkpoint(paths[0])
-        arch = _arch_overrides(state["config"])
-        arch.update(state="WARNING", show_progress=False)
-        if data_path:
-            arch["data_path"] = os.path.abspath(data_path)
-        cfg = build_config(state["config"]["model"], dataset, overrides=arch)
-        data, _, _, test = prepare(cfg)
-        model, info = load_ensemble(cfg, data, paths, None)
-        return info["teacher"], model.cpu(), test  # timed on the CPU like the single models
-    path = os.path.join(out, cell["checkpoint"])
-    state = load_checkpoint(path)
-    name = state["config"]["model"]
-    arch = _arch_overrides(state["config"])
-    arch.update(state="WARNING", show_progress=False)
+    paths = [os.path.join(out, p) for p in cell["checkpoints"]] if "checkpoints" in cell else \
+        os.path.join(out, cell["checkpoint"])
+    overrides = {"state": "WARNING"}
     if data_path:
-        arch["data_path"] = os.path.abspath(data_path)
-    cfg = build_config(name, dataset, overrides=arch)
-    _, train, _, test = prepare(cfg)
-    model = get_entry(name).cls(cfg, train.dataset)
-    model.load_state_dict(state["state_dict"])
-    model.eval()
-    return name, model, test
+        overrides["data_path"] = os.path.abspath(data_path)
+    label, model, _, _, test = load_checkpoints(dataset, paths, overrides)
+    return label, model.cpu(), test  # timed on the CPU
 
 
 @torch.no_grad()

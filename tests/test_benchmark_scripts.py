@@ -34,3 +34,25 @@ def test_test_item_stats_counts_unseen_and_text_items(tmp_path):
     # full: C is in users 1-5's training data, each x_u in nobody's -> 5 of 10 test items unseen
     # 20 %: each user keeps the last 2 of 8 training items, so C is no longer seen either -> 10 of 10
     assert got == {"test_users": 10, "unseen_full": 0.5, "unseen_20": 1.0, "with_text": 0.5}
+
+
+def test_latency_loads_a_cell_and_an_ensemble_cell(tiny_data, workdir, tmp_path):
+    import torch
+    from latency import load_model
+
+    from recbole_kd.quick_start import latency_batch, run
+
+    ckpts = []
+    for seed in (1, 2):
+        res = run("SASRec-L", "tiny", overrides={"data_path": tiny_data, "epochs": 1, "seed": seed, "show_progress": False,
+                                                 "state": "WARNING", "checkpoint_dir": str(tmp_path / f"s{seed}")})
+        ckpts.append(os.path.relpath(res["checkpoint"], tmp_path))
+    single = load_model({"checkpoint": ckpts[0]}, str(tmp_path), "tiny", tiny_data)
+    ensemble = load_model({"checkpoints": ckpts}, str(tmp_path), "tiny", tiny_data)
+    assert single[0] == "SASRec-L" and ensemble[0] == "ensemble(SASRec-L x2)"
+    for _, model, test in (single, ensemble):
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        batch = latency_batch(model, test)
+        with torch.no_grad():
+            scores = model.full_sort_predict(batch)
+        assert scores.shape == (len(batch), test._dataset.item_num) and torch.isfinite(scores).all()

@@ -519,22 +519,19 @@ class TeacherOutputs:
         return self.ids[index].long().to(self.device), self.scores[index].to(self.device), hidden
 
 
-def evaluate_checkpoints(dataset_name: str, paths, overrides: dict | None = None) -> dict:
-    """Valid and test results of one checkpoint or an ensemble of them (a list), through the
-    same split, loaders and RecBole evaluator as a training run of the first member's model;
-    ``overrides`` are data settings (e.g. ``data_path``). Returns the fields of a run summary
-    that describe a model: model, num_params, best_valid_result, test_result and the cost report."""
-    from recbole_kd.config import build_config
-    from recbole_kd.quick_start import _floats, cost_report, prepare
-    from recbole_kd.registry import get_trainer
-
+def load_checkpoints(dataset_name: str, paths, overrides: dict | None = None):
+    """One checkpoint, or an ensemble of them (a list), rebuilt for evaluation: ``(label, model, config,
+    valid_data, test_data)`` with the same split and loaders as a training run of the first sequential
+    member's model (its evaluation loader also carries the user ids an MF member needs); ``overrides``
+    are data settings (e.g. ``data_path``). The model is frozen, in ``eval()`` mode."""
     from recbole.model.abstract_recommender import SequentialRecommender
 
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
     from recbole_kd.registry import get_entry
 
     paths = [paths] if isinstance(paths, str) else list(paths)
     states = [load_checkpoint(p, map_location="cpu") for p in paths]
-    # a sequential member's settings, if any: its evaluation loader also carries the user ids MF needs
     state = next((st for st in states if issubclass(get_entry(st["config"]["model"]).cls, SequentialRecommender)),
                  states[0])
     name = state["config"]["model"]
@@ -542,11 +539,22 @@ def evaluate_checkpoints(dataset_name: str, paths, overrides: dict | None = None
     config = build_config(name, dataset_name, overrides=settings)
     dataset, _, valid_data, test_data = prepare(config)
     if len(paths) == 1:
-        model, label = _freeze(_load_checked(config, dataset, paths[0], name)), name
-    else:
-        model, info = load_ensemble(config, dataset, paths, None)
-        label = info["teacher"]
-    trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
+        return name, _freeze(_load_checked(config, dataset, paths[0], name)), config, valid_data, test_data
+    model, info = load_ensemble(config, dataset, paths, None)
+    return info["teacher"], model, config, valid_data, test_data
+
+
+def evaluate_checkpoints(dataset_name: str, paths, overrides: dict | None = None) -> dict:
+    """Valid and test results of one checkpoint or an ensemble of them (a list), through the
+    same split, loaders and RecBole evaluator as a training run (see ``load_checkpoints``).
+    Returns the fields of a run summary that describe a model: model, num_params,
+    best_valid_result, test_result and the cost report."""
+    from recbole_kd.quick_start import _floats, cost_report
+    from recbole_kd.registry import get_trainer
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    label, model, config, valid_data, test_data = load_checkpoints(dataset_name, paths, overrides)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     valid = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     return {"model": label, "dataset": dataset_name, "checkpoints": paths, "num_params": sum(p.numel() for p in model.parameters()),
