@@ -387,7 +387,7 @@ def _mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
         return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)  # one seed: no spread
 
 
 def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
@@ -465,6 +465,8 @@ def _teacher_ref(row, same):
 def _fmt(ms, digits=4):
     if not ms or ms[0] is None:
         return "-"
+    if ms[1] is None:  # a single seed has no spread to show
+        return f"{ms[0]:.{digits}f}"
     return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 

@@ -148,3 +148,11 @@ def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatc
     assert "| baseline | MF-S | MF-S | 1/1 |" in report and "| student | SASRec-S | SASRec-S | 0/1 | not run yet" in report
     assert main([suite, "--out", str(out), "--only", "GRU*"]) == 2
     assert "matches no cell" in capsys.readouterr().err
+
+
+def test_one_seed_shows_no_spread():
+    from recbole_kd.bench import _fmt, _mean_std
+
+    assert _fmt(_mean_std([0.0123])) == "0.0123"  # not "0.0123 ± 0.0000": one seed has no measured spread
+    assert _fmt(_mean_std([0.01, 0.02])) == "0.0150 ± 0.0071"
+    assert _fmt(_mean_std([None])) == "-"
