@@ -147,13 +147,14 @@ def test_item_stats(name: str, overrides: dict) -> dict:
 
 
 def _text_share(config, dataset, test_items):
+    from recbole_kd.config import ConfigError
     from recbole_kd.transfer.text import item_texts
 
     if not os.path.isfile(os.path.join(config["data_path"], f"{config['dataset']}.item")):
         return None
     try:
         texts = item_texts(config, dataset)
-    except Exception:  # an item file without text columns
+    except ConfigError:  # an item file without the text columns
         return None
     return float(sum(1 for i in test_items if texts[i]) / len(test_items))
 
