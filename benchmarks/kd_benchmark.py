@@ -64,6 +64,9 @@ def main():
     ap.add_argument("--set", nargs="*", help="key=value settings for every cell (students and teacher)")
     ap.add_argument("--student_set", nargs="*", help="key=value settings for student cells only")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--train_member", type=int, default=None, metavar="SEED",
+                    help="train only the teacher member of this seed (one of --teacher_seeds) and stop: "
+                         "members can then be trained in parallel processes")
     ap.add_argument("--render_only", action="store_true",
                     help="train nothing: report the cells already stored (rows list their seed count)")
     args = ap.parse_args()
@@ -94,6 +97,17 @@ def main():
         os.replace(tmp, path)
         return res
 
+    if args.train_member is not None:
+        if args.render_only:
+            raise SystemExit("--train_member trains a member; it cannot be combined with --render_only")
+        if len(args.teacher_seeds) < 2 or args.train_member not in args.teacher_seeds:
+            raise SystemExit(f"--train_member {args.train_member}: not one of the ensemble's --teacher_seeds "
+                             f"{args.teacher_seeds} (a single teacher is trained by a normal run)")
+        member = cached_run(f"teacher-seed{args.train_member}", args.teacher, seed=args.train_member,
+                            **parse_sets(args.teacher_set))
+        print(f"[kd-benchmark] teacher member seed {args.train_member}: test NDCG@10 "
+              f"{member['test_result']['ndcg@10']:.4f} ({cells_dir})")
+        return
     if len(args.teacher_seeds) == 1:
         teacher = cached_run("teacher", args.teacher, seed=args.teacher_seeds[0], **parse_sets(args.teacher_set))
         if teacher is None:
