@@ -56,3 +56,25 @@ def test_latency_loads_a_cell_and_an_ensemble_cell(tiny_data, workdir, tmp_path)
         with torch.no_grad():
             scores = model.full_sort_predict(batch)
         assert scores.shape == (len(batch), test._dataset.item_num) and torch.isfinite(scores).all()
+
+
+def test_kd_benchmark_train_member_trains_that_member_only(tiny_data, tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    import kd_benchmark
+
+    out = tmp_path / "kd"
+    base = ["kd_benchmark.py", "--dataset", "tiny", "--data_path", tiny_data, "--out", str(out),
+            "--teacher_seeds", "1", "2", "--set", "epochs=1", "state=WARNING"]
+    monkeypatch.setattr(sys, "argv", base + ["--train_member", "2"])
+    kd_benchmark.main()
+    assert sorted(os.listdir(out / "cells")) == ["teacher-seed2.json"]  # no other member, no ensemble, no student
+    cell = json.loads((out / "cells" / "teacher-seed2.json").read_text())
+    assert cell["seed"] == 2 and cell["model"] == "SASRec-L" and os.path.isfile(out / cell["checkpoint"])
+    for bad in (["--train_member", "3"], ["--train_member", "2", "--render_only"]):  # not a member; nothing to train
+        monkeypatch.setattr(sys, "argv", base + bad)
+        with pytest.raises(SystemExit):
+            kd_benchmark.main()
+    assert sorted(os.listdir(out / "cells")) == ["teacher-seed2.json"]
