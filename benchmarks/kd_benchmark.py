@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 
@@ -79,7 +80,7 @@ def main():
     if args.data_path:
         common["data_path"] = os.path.abspath(args.data_path)
 
-    def cached_run(name, model, **overrides):
+    def cached_run(name, model, record=None, **overrides):
         path = os.path.join(cells_dir, name + ".json")
         if os.path.isfile(path):
             with open(path) as f:
@@ -88,7 +89,7 @@ def main():
             return None
         print(f"[kd-benchmark] running {name}: {model} {overrides}", flush=True)
         res = run_cell(model, args.dataset, os.path.join(work, name), **common, **overrides)
-        res["cell"] = name
+        res.update(cell=name, **(record or {}))
         if res.get("checkpoint"):
             res["checkpoint"] = os.path.relpath(os.path.join(work, name, res["checkpoint"]), out)
         tmp = path + ".tmp"
@@ -114,17 +115,20 @@ def main():
             raise SystemExit(f"--render_only: no teacher cell in {cells_dir}")
         teacher_ckpt = os.path.join(out, teacher["checkpoint"])
         members = []
+        teacher_fp = [fingerprint(teacher)]
     else:
         members = [cached_run(f"teacher-seed{s}", args.teacher, seed=s, **parse_sets(args.teacher_set))
                    for s in args.teacher_seeds]
         if any(m is None for m in members):
             raise SystemExit(f"--render_only: teacher members missing in {cells_dir}")
         teacher_ckpt = [os.path.join(out, m["checkpoint"]) for m in members]
+        teacher_fp = [fingerprint(m) for m in members]
         teacher = ensemble_cell(os.path.join(cells_dir, "teacher-ensemble.json"), args, teacher_ckpt, members, common)
     for path in [teacher_ckpt] if isinstance(teacher_ckpt, str) else teacher_ckpt:
         if not args.render_only and not os.path.isfile(path):
             raise SystemExit(f"teacher checkpoint {path} is missing (git-ignored, lost with a fresh checkout); "
-                             f"delete {cells_dir}/teacher*.json to retrain the teacher, or use another --out")
+                             f"delete {cells_dir}/teacher*.json to retrain the teacher (cells distilled from it are kept "
+                             f"if the retrained teacher reproduces its stored results exactly), or use another --out")
     rows = {}
     for cell in args.cells:
         model, overrides = cell_spec(cell, args)
@@ -133,9 +137,11 @@ def main():
             overrides.update(teacher=args.teacher, teacher_checkpoint=teacher_ckpt,
                              kd_cache_dir=os.path.abspath(os.path.join(work, "teacher-outputs")))
         overrides.update(parse_sets(args.student_set))
-        runs = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, seed=s, **overrides) for s in args.seeds]
+        record = {"teacher_fingerprint": teacher_fp} if model.startswith("KD-") else None
+        runs = [cached_run(f"{cell.replace(':', '-')}-seed{s}", model, record=record, seed=s, **overrides)
+                for s in args.seeds]
         for r in runs:
-            if r is not None and model.startswith("KD-") and relative(r.get("teacher_checkpoint"), out) != relative(teacher_ckpt, out):
+            if r is not None and model.startswith("KD-") and not same_teacher(r, teacher_fp, teacher_ckpt, out):
                 raise SystemExit(f"cell {r['cell']} was distilled from another teacher ({r.get('teacher_checkpoint')}); "
                                  f"delete it or use another --out")
         runs = [r for r in runs if r is not None]
@@ -177,6 +183,25 @@ def ensemble_cell(path, args, checkpoints, members, common):
         json.dump(res, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
     return res
+
+
+def fingerprint(cell):
+    """What identifies a trained teacher (member) across checkouts: its model, data, settings, seed,
+    epochs and every validation and test metric. Checkpoints are git-ignored, so a fresh checkout
+    retrains a teacher from its cell's settings; on the same kind of machine RecBole's seeded training
+    is deterministic and the retrained teacher reproduces all of these exactly (it did for the beauty
+    ensemble). The cells distilled from it stay valid then, and are refused when anything differs."""
+    keep = {k: cell.get(k) for k in ("model", "dataset", "seed", "config", "num_params", "epochs_run",
+                                     "best_valid_result", "test_result")}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def same_teacher(cell, teacher_fp, teacher_ckpt, out):
+    """Was this distilled cell distilled from the current teacher? By the teacher fingerprints it
+    records; a cell from before fingerprints were recorded, by its teacher checkpoint path."""
+    if cell.get("teacher_fingerprint") is not None:
+        return list(cell["teacher_fingerprint"]) == list(teacher_fp)
+    return relative(cell.get("teacher_checkpoint"), out) == relative(teacher_ckpt, out)
 
 
 def relative(paths, folder):

@@ -78,3 +78,27 @@ def test_kd_benchmark_train_member_trains_that_member_only(tiny_data, tmp_path, 
         with pytest.raises(SystemExit):
             kd_benchmark.main()
     assert sorted(os.listdir(out / "cells")) == ["teacher-seed2.json"]
+
+
+def test_kd_benchmark_keeps_cells_of_a_reproduced_teacher_only():
+    from kd_benchmark import fingerprint, same_teacher
+
+    member = {"model": "SASRec-L", "dataset": "d", "seed": 1, "config": {"hidden_size": 256}, "num_params": 10,
+              "epochs_run": 15, "best_valid_result": {"ndcg@10": 0.0436}, "test_result": {"ndcg@10": 0.0337},
+              "checkpoint": "work/teacher-seed1/saved/SASRec-L-Nov-29-2026_11-10-46.pth", "train_seconds": 1800.0}
+    # retrained in a fresh checkout: new checkpoint file and timings, same run -> same fingerprint
+    retrained = dict(member, checkpoint="work/teacher-seed1/saved/SASRec-L-Nov-30-2026_09-00-00.pth",
+                     train_seconds=1500.0)
+    assert fingerprint(retrained) == fingerprint(member)
+    out = "/x/kd"
+    cell = {"teacher_fingerprint": [fingerprint(member)], "teacher_checkpoint": "/old/kd/" + member["checkpoint"]}
+    assert same_teacher(cell, [fingerprint(retrained)], "/x/kd/" + retrained["checkpoint"], out)
+    for key, value in (("test_result", {"ndcg@10": 0.0338}), ("epochs_run", 16), ("seed", 2),
+                       ("config", {"hidden_size": 128})):
+        other = dict(member, **{key: value})  # any difference: another teacher
+        assert not same_teacher(cell, [fingerprint(other)], "/x/kd/" + member["checkpoint"], out)
+    assert not same_teacher(cell, [fingerprint(member)] * 2, "/x/kd/" + member["checkpoint"], out)  # an ensemble
+    # a cell without fingerprints (recorded before them) is matched by its checkpoint path
+    legacy = {"teacher_checkpoint": "/old/kd/" + member["checkpoint"]}
+    assert same_teacher(legacy, ["anything"], "/x/kd/" + member["checkpoint"], out)
+    assert not same_teacher(legacy, ["anything"], "/x/kd/" + retrained["checkpoint"], out)
