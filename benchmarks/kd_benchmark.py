@@ -155,7 +155,9 @@ def main():
         with open(previous) as f:
             old = json.load(f)
         extra["trained_by"] = old.get("trained_by") or old.get("command")
-        report = f"Cells trained by: `{extra['trained_by']}` (commit {old.get('git_commit')}); report re-rendered.\n\n" + report
+        extra["trained_commit"] = old.get("trained_commit") or old.get("git_commit")  # not the re-render's
+        report = (f"Cells trained by: `{extra['trained_by']}` (commit {extra['trained_commit']}); report re-rendered."
+                  "\n\n" + report)
     write_outputs(f"kd_{args.dataset}", {"summary": summary, "teacher": teacher, "cells": rows, "args": vars(args),
                                          **extra}, report)
     print(report)
