@@ -70,6 +70,9 @@ def main():
                          "members can then be trained in parallel processes")
     ap.add_argument("--render_only", action="store_true",
                     help="train nothing: report the cells already stored (rows list their seed count)")
+    ap.add_argument("--trained_by", default=None,
+                    help="with --render_only: how the cells were trained when it was not one run of this script "
+                         "(e.g. members and cells in parallel processes); default: the stored report's")
     args = ap.parse_args()
 
     out = args.out or os.path.join(RESULTS, f"kd_{args.dataset}")
@@ -154,10 +157,13 @@ def main():
     if args.render_only and os.path.isfile(previous):  # keep the command that trained the cells
         with open(previous) as f:
             old = json.load(f)
-        extra["trained_by"] = old.get("trained_by") or old.get("command")
-        extra["trained_commit"] = old.get("trained_commit") or old.get("git_commit")  # not the re-render's
-        report = (f"Cells trained by: `{extra['trained_by']}` (commit {extra['trained_commit']}); report re-rendered."
-                  "\n\n" + report)
+        if args.trained_by:  # its own words (several commands, commits)
+            extra.update(trained_by=args.trained_by, trained_commit=None)
+        else:  # the stored report's; the commit that trained the cells, not a re-render's
+            extra["trained_by"] = old.get("trained_by") or f"`{old.get('command')}`"
+            extra["trained_commit"] = old["trained_commit"] if "trained_commit" in old else old.get("git_commit")
+        commit = f" (commit {extra['trained_commit']})" if extra["trained_commit"] else ""
+        report = f"Cells trained by: {extra['trained_by']}{commit}; report re-rendered.\n\n" + report
     write_outputs(f"kd_{args.dataset}", {"summary": summary, "teacher": teacher, "cells": rows, "args": vars(args),
                                          **extra}, report)
     print(report)
