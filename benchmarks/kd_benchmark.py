@@ -76,6 +76,9 @@ def main():
     args = ap.parse_args()
 
     out = args.out or os.path.join(RESULTS, f"kd_{args.dataset}")
+    # the report is named after the folder: another --out (e.g. a second student size) never overwrites
+    # the default report kd_<dataset>.json/.md
+    name = os.path.basename(os.path.normpath(out))
     cells_dir = os.path.join(out, "cells")
     work = os.path.join(out, "work")  # checkpoints and logs (git-ignored)
     os.makedirs(cells_dir, exist_ok=True)
@@ -83,18 +86,23 @@ def main():
     if args.data_path:
         common["data_path"] = os.path.abspath(args.data_path)
 
-    def cached_run(name, model, record=None, **overrides):
-        path = os.path.join(cells_dir, name + ".json")
+    def cached_run(cell_name, model, record=None, **overrides):
+        path = os.path.join(cells_dir, cell_name + ".json")
+        requested = requested_settings(model, {**common, **overrides})
         if os.path.isfile(path):
             with open(path) as f:
-                return json.load(f)
+                stored = json.load(f)
+            if "requested" in stored and stored["requested"] != requested:  # cells from before it: not checked
+                raise SystemExit(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
+                                 "delete it or use another --out")
+            return stored
         if args.render_only:
             return None
-        print(f"[kd-benchmark] running {name}: {model} {overrides}", flush=True)
-        res = run_cell(model, args.dataset, os.path.join(work, name), **common, **overrides)
-        res.update(cell=name, **(record or {}))
+        print(f"[kd-benchmark] running {cell_name}: {model} {overrides}", flush=True)
+        res = run_cell(model, args.dataset, os.path.join(work, cell_name), **common, **overrides)
+        res.update(cell=cell_name, requested=requested, **(record or {}))
         if res.get("checkpoint"):
-            res["checkpoint"] = os.path.relpath(os.path.join(work, name, res["checkpoint"]), out)
+            res["checkpoint"] = os.path.relpath(os.path.join(work, cell_name, res["checkpoint"]), out)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(res, f, indent=2, sort_keys=True)
@@ -153,7 +161,7 @@ def main():
 
     report, summary = render(args, teacher, rows, members)
     extra = {}
-    previous = os.path.join(RESULTS, f"kd_{args.dataset}.json")
+    previous = os.path.join(RESULTS, f"{name}.json")
     if args.render_only and os.path.isfile(previous):  # keep the command that trained the cells
         with open(previous) as f:
             old = json.load(f)
@@ -164,9 +172,20 @@ def main():
             extra["trained_commit"] = old["trained_commit"] if "trained_commit" in old else old.get("git_commit")
         commit = f" (commit {extra['trained_commit']})" if extra["trained_commit"] else ""
         report = f"Cells trained by: {extra['trained_by']}{commit}; report re-rendered.\n\n" + report
-    write_outputs(f"kd_{args.dataset}", {"summary": summary, "teacher": teacher, "cells": rows, "args": vars(args),
+    write_outputs(name, {"summary": summary, "teacher": teacher, "cells": rows, "args": vars(args),
                                          **extra}, report)
     print(report)
+
+
+# paths differ between checkouts; the teacher behind them is checked by its fingerprint
+MACHINE_LOCAL = ("teacher_checkpoint", "kd_cache_dir", "data_path")
+
+
+def requested_settings(model, overrides):
+    """What a cell was asked to run (model and settings, without machine-local paths): a stored cell
+    is reused only for the same request, so e.g. another --student_set never picks up old cells."""
+    keep = {k: v for k, v in overrides.items() if k not in MACHINE_LOCAL}
+    return json.loads(json.dumps({"model": model, **keep}, sort_keys=True, default=str))
 
 
 def ensemble_cell(path, args, checkpoints, members, common):

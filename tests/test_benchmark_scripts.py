@@ -102,3 +102,27 @@ def test_kd_benchmark_keeps_cells_of_a_reproduced_teacher_only():
     legacy = {"teacher_checkpoint": "/old/kd/" + member["checkpoint"]}
     assert same_teacher(legacy, ["anything"], "/x/kd/" + member["checkpoint"], out)
     assert not same_teacher(legacy, ["anything"], "/x/kd/" + retrained["checkpoint"], out)
+
+
+def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_settings(tiny_data, tmp_path, monkeypatch):
+    import pytest
+
+    import common
+    import kd_benchmark
+
+    results = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", str(results))
+    monkeypatch.setattr(kd_benchmark, "RESULTS", str(results))
+    out = tmp_path / "kd-d16"
+    base = ["kd_benchmark.py", "--dataset", "tiny", "--data_path", tiny_data, "--out", str(out), "--seeds", "1",
+            "--cells", "student", "--set", "epochs=1", "state=WARNING"]
+    monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32"])
+    kd_benchmark.main()
+    # a second operating point in its own folder: its own report, the default kd_tiny report untouched
+    assert sorted(os.listdir(results)) == ["kd-d16.json", "kd-d16.md"]
+    assert sorted(os.listdir(out / "cells")) == ["student-seed1.json", "teacher.json"]
+    monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=32", "inner_size=64"])
+    with pytest.raises(SystemExit, match="other settings"):  # the stored student is d=16: not reused as d=32
+        kd_benchmark.main()
+    monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only"])
+    kd_benchmark.main()  # the same request reuses it
