@@ -20,6 +20,7 @@ from recbole.utils import init_logger, init_seed, set_color  # noqa: E402
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
 
+CL_KEYS = ("cl_weight", "cl_temperature")  # recorded when the contrastive regulariser is on
 ESSENTIAL_KEYS = (
     "hidden_size",
     "embedding_size",
@@ -193,7 +194,7 @@ def run(
         "checkpoint": trainer.saved_model_file if saved else None,
         "resumed_from": trainer.resumed_from,
         "test_users": trainer.evaluated_users,
-        "config": {k: plain(config[k]) for k in ESSENTIAL_KEYS if k in config},
+        "config": {k: plain(config[k]) for k in ESSENTIAL_KEYS + (CL_KEYS if config["cl_weight"] else ()) if k in config},
         "machine": machine_info(),
     }
     if not config["single_spec"]:

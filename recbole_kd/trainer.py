@@ -113,7 +113,7 @@ class KDTrainerMixin:
 
     def loss_term_names(self) -> list[str]:
         """Names of the terms the loss function returns (for error messages)."""
-        return ["loss"]
+        return ["loss", "contrastive"] if getattr(self.model, "cl_weight", 0) else ["loss"]
 
     def _finite_loss(self, loss_func, epoch_idx):
         names = self.loss_term_names()

@@ -49,6 +49,11 @@ def hidden_size(model) -> int:
 class DistillTrainer(KDTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
+        if getattr(model, "cl_weight", 0):
+            from recbole_kd.config import ConfigError
+
+            raise ConfigError(f"cl_weight={model.cl_weight}: the contrastive regulariser is for plain training (e.g. "
+                              "of a teacher); a distilled student is trained by its KD losses (set cl_weight: 0)")
         self.kd_spec = parse_kd_losses(config)
         self.kd_topk = config["kd_topk"]
         self.kd_gate = config["kd_gate"] or "none"

@@ -45,6 +45,14 @@ class WindowedSequentialModel(SequentialRecommender):
         self.text_adaptor = None  # set by ``attach_item_text`` (item_text: True)
         if self.loss_type not in ("CE", "sampled"):
             raise ValueError(f"loss_type must be 'CE' or 'sampled' for {type(self).__name__}, got {self.loss_type!r}")
+        # optional regulariser for plain training (e.g. a teacher on sparse data): see ``contrastive_loss``
+        self.cl_weight = float(config["cl_weight"] or 0.0)
+        self.cl_temperature = float(config["cl_temperature"] or 1.0)
+        if self.cl_weight < 0 or self.cl_temperature <= 0:
+            raise ValueError(f"cl_weight must be >= 0 and cl_temperature > 0, got {self.cl_weight}, {self.cl_temperature}")
+        if self.cl_weight and not self.causal:
+            raise ValueError(f"cl_weight (contrastive regularisation) is implemented for causal models; "
+                             f"{type(self).__name__} masks its inputs at random (set cl_weight: 0)")
 
     def item_table(self) -> torch.Tensor:
         """Item representations [rows, d] used for input and scoring: the id embedding, plus the
@@ -153,8 +161,26 @@ class WindowedSequentialModel(SequentialRecommender):
         return sampled_softmax_loss(hidden, targets, self.item_table(), self.num_negatives)
 
     def calculate_loss(self, interaction):
-        hidden, targets, _ = self.window_outputs(interaction)
-        return self.main_loss(hidden, targets)
+        hidden, targets, mask = self.window_outputs(interaction)
+        loss = self.main_loss(hidden, targets)
+        if not self.cl_weight:
+            return loss
+        again, _, _ = self.window_outputs(interaction)  # the same windows under other dropout masks
+        return loss, self.cl_weight * self.contrastive_loss(hidden, again, mask)
+
+    def contrastive_loss(self, hidden, again, mask):
+        """DuoRec's unsupervised contrast (model-level augmentation; Qiu et al., WSDM'22): a window's
+        last hidden state in two forward passes (different dropout masks) is a positive pair, the other
+        windows of the batch are negatives; InfoNCE over the 2n states, dot product / cl_temperature.
+        ``hidden``/``again``: [M, d] owned positions in row-major order of ``mask`` [B, L]."""
+        counts = mask.sum(1)
+        last = (counts.cumsum(0) - 1)[counts > 0]  # each window's last owned position
+        n = last.numel()
+        z = torch.cat([hidden[last], again[last]])
+        sim = (z @ z.t()) / self.cl_temperature
+        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+        pair = torch.arange(2 * n, device=z.device).add(n).remainder(2 * n)  # i <-> i + n
+        return F.cross_entropy(sim, pair)
 
     # ---- distillation protocol (student side and teacher side) -------------------------------------
     def kd_rows(self, interaction) -> dict:
