@@ -186,7 +186,9 @@ def test_contrastive_loss_pairs_each_windows_last_state_across_two_passes(tiny_d
     assert torch.isfinite(main) and torch.isfinite(contrast) and contrast > 0
     contrast.backward()
     assert model.trm_encoder.layer[0].feed_forward.dense_1.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="cl_weight"):
+    from recbole_kd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cl_weight"):
         get_model("SASRec-S")(build_config("SASRec-S", "tiny", overrides={"data_path": tiny_data, "cl_weight": -1}),
                               train.dataset)
 

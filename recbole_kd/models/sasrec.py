@@ -48,10 +48,12 @@ class WindowedSequentialModel(SequentialRecommender):
         # optional regulariser for plain training (e.g. a teacher on sparse data): see ``contrastive_loss``
         self.cl_weight = float(config["cl_weight"] or 0.0)
         self.cl_temperature = float(config["cl_temperature"] or 1.0)
+        from recbole_kd.config import ConfigError  # bad settings: one error line, exit 2
+
         if self.cl_weight < 0 or self.cl_temperature <= 0:
-            raise ValueError(f"cl_weight must be >= 0 and cl_temperature > 0, got {self.cl_weight}, {self.cl_temperature}")
+            raise ConfigError(f"cl_weight must be >= 0 and cl_temperature > 0, got {self.cl_weight}, {self.cl_temperature}")
         if self.cl_weight and not self.causal:
-            raise ValueError(f"cl_weight (contrastive regularisation) is implemented for causal models; "
+            raise ConfigError(f"cl_weight (contrastive regularisation) is implemented for causal models; "
                              f"{type(self).__name__} masks its inputs at random (set cl_weight: 0)")
 
     def item_table(self) -> torch.Tensor:
