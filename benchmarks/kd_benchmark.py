@@ -75,7 +75,9 @@ def main():
                          "(e.g. members and cells in parallel processes); default: the stored report's")
     args = ap.parse_args()
 
-    out = args.out or os.path.join(RESULTS, f"kd_{args.dataset}")
+    # absolute: cells run in their own work folder (run_cell changes directory), and the teacher paths
+    # handed to them are built from it
+    out = os.path.abspath(args.out or os.path.join(RESULTS, f"kd_{args.dataset}"))
     # the report is named after the folder: another --out (e.g. a second student size) never overwrites
     # the default report kd_<dataset>.json/.md
     name = os.path.basename(os.path.normpath(out))

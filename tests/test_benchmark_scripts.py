@@ -126,3 +126,23 @@ def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_setting
         kd_benchmark.main()
     monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only"])
     kd_benchmark.main()  # the same request reuses it
+
+
+def test_kd_benchmark_distils_with_a_relative_out(tiny_data, tmp_path, monkeypatch):
+    """A relative --out: cells run in their own work folder, and the teacher checkpoint handed to a
+    distilled cell must still resolve there (it was a path relative to the starting directory)."""
+    import json
+
+    import common
+    import kd_benchmark
+
+    results = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", str(results))
+    monkeypatch.setattr(kd_benchmark, "RESULTS", str(results))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["kd_benchmark.py", "--dataset", "tiny", "--data_path", tiny_data,
+                                      "--out", "kd-rel", "--seeds", "1", "--cells", "kd:rd",
+                                      "--set", "epochs=1", "state=WARNING"])
+    kd_benchmark.main()
+    cell = json.loads((tmp_path / "kd-rel" / "cells" / "kd-rd-seed1.json").read_text())
+    assert cell["model"] == "KD-SASRec" and cell["epochs_run"] == 1 and os.getcwd() == str(tmp_path)
