@@ -97,6 +97,11 @@ def main():
             if "requested" in stored and stored["requested"] != requested:  # cells from before it: not checked
                 raise SystemExit(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
                                  "delete it or use another --out")
+            mask_seen = bool(overrides.get("kd_mask_seen", True))
+            if model.startswith("KD-") and not args.render_only and stored.get("kd_mask_seen", False) != mask_seen:
+                # cells from before kd_mask_seen were distilled from the raw top-K (seen items in it)
+                raise SystemExit(f"{path} was distilled with kd_mask_seen={stored.get('kd_mask_seen', False)}, "
+                                 f"now {mask_seen}; delete it or use another --out")
             return stored
         if args.render_only:
             return None
@@ -294,6 +299,8 @@ def render(args, teacher, rows, members=()):
         epoch = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         lat = mean_std([r["latency_seconds"] for r in runs])[0]
         losses = runs[0].get("kd_losses", "-")
+        if "kd_losses" in runs[0] and not runs[0].get("kd_mask_seen", False):
+            losses = f"{losses} (raw top-K)"  # distilled before kd_mask_seen: seen items in the teacher's top-K
         seeds = "" if len(runs) == len(args.seeds) else f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
         lines.append(
             f"| {cell}{seeds} | {runs[0]['model']} | {losses} | {fmt(n)} | {fmt(metric(runs, 'recall@10'))} | "

@@ -222,3 +222,29 @@ def test_teacher_outputs_disk_cache_is_reused_only_for_the_same_teacher_and_inpu
     assert not redo.teacher_outputs.loaded_from_disk
     assert torch.equal(redo.teacher_outputs.ids, out1.ids)
     assert torch.load(out1.cache_file, weights_only=True)["ids"].shape == out1.ids.shape  # rewritten whole
+
+
+@pytest.mark.parametrize("teacher", ["SASRec-L", "BERT4Rec-L"])
+def test_teacher_top_k_never_holds_an_item_the_row_has_seen(teacher, tiny_data, zoo, workdir):
+    """kd_mask_seen (default): at every training position the teacher's top-K excludes the items of
+    the prefix up to that position, as RecBole's full-sort evaluation masks a user's history; the
+    other items keep their raw order. kd_mask_seen=False: the raw top-K."""
+    from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
+
+    masked, train, _ = make_trainer("KD-SASRec", tiny_data, zoo, teacher=teacher, kd_losses={"rd": 1.0})
+    raw, _, _ = make_trainer("KD-SASRec", tiny_data, zoo, teacher=teacher, kd_losses={"rd": 1.0},
+                             kd_mask_seen=False)
+    assert masked.run_report()["kd_mask_seen"] is True and raw.run_report()["kd_mask_seen"] is False
+    window, own = train.table[WINDOW_FIELD], train.table[OWN_FROM_FIELD]
+    inputs = window[:, :-1]
+    b, q = owned_target_mask(window[:, 1:], own - 1).nonzero(as_tuple=True)
+    seen = inputs[b].masked_fill(torch.arange(inputs.size(1)).unsqueeze(0) > q.unsqueeze(1), 0)
+    ids_m, ids_r = masked.teacher_outputs.ids.long(), raw.teacher_outputs.ids.long()
+    assert ids_m.shape == ids_r.shape == (b.numel(), ids_m.size(1))
+    in_seen = lambda ids: (ids.unsqueeze(2) == seen.unsqueeze(1)).any(2)  # noqa: E731
+    ranked = torch.isfinite(masked.teacher_outputs.scores)  # a row with < K unseen items pads with -inf
+    assert ranked[:, 0].all() and not (in_seen(ids_m) & ranked).any()
+    assert in_seen(ids_r).any()  # the raw top-K does hold seen items (the input item among them)
+    for r in range(ids_r.size(0)):  # masking only removes: the unseen items of the raw list, in order, lead
+        keep = ids_r[r][~(ids_r[r].unsqueeze(1) == seen[r].unsqueeze(0)).any(1)]
+        assert torch.equal(ids_m[r, : keep.numel()], keep)

@@ -314,8 +314,13 @@ class TeacherOutputs:
     computed batch by batch (same functions, same results)."""
 
     def __init__(self, teacher, train_data, topk: int, need_hidden: bool, cached: bool, device, batch_size=256,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, mask_seen: bool = True):
         self.teacher = teacher
+        # mask_seen: the items a row's user has already seen (its prefix in the window; a user's training
+        # items in user mode) never enter the teacher's top-K, as RecBole's full-sort evaluation masks a
+        # user's history. Unmasked, a SASRec teacher's top-1 at a training position is mostly the item
+        # just consumed (tied input/output embeddings), and hard/rd/soft distil that item as a label.
+        self.mask_seen = bool(mask_seen)
         self.topk = min(int(topk), teacher.n_items - 1)
         self.need_hidden = need_hidden
         self.cached = cached
@@ -345,7 +350,8 @@ class TeacherOutputs:
         masks). Equal digests mean equal outputs, so a cached file is never wrong for a run."""
         import inspect
 
-        h = hashlib.sha1(f"{self.mode}|{self.topk}|{self.need_hidden}|{torch.device(self.device).type}".encode())
+        h = hashlib.sha1(f"{self.mode}|{self.topk}|{self.need_hidden}|{self.mask_seen}|"
+                         f"{torch.device(self.device).type}".encode())
         tensors = list(self.teacher.named_parameters()) + list(self.teacher.named_buffers())  # incl. non-persistent
         for name, tensor in tensors:
             h.update(name.encode())
@@ -401,7 +407,7 @@ class TeacherOutputs:
     # ---- raw teacher outputs ------------------------------------------------------------------------
     @torch.no_grad()
     def _topk(self, hidden, logits, users=None):
-        if users is not None and self.history_mask is not None:
+        if users is not None and self.history_mask is not None and self.mask_seen:
             logits = logits.masked_fill(self.history_mask[users].to(logits.device), float("-inf"))
         logits[:, 0] = float("-inf")  # padding id
         scores, ids = logits.topk(self.topk, dim=1)
@@ -414,6 +420,11 @@ class TeacherOutputs:
 
         mask = owned_target_mask(targets, own_from - 1)
         hidden, logits = self.teacher.position_outputs(inputs.to(self.device), mask.to(self.device))
+        if self.mask_seen:  # row (b, q) has seen inputs[b, :q+1]; padding (0) is masked by _topk anyway
+            b, q = mask.nonzero(as_tuple=True)
+            cols = torch.arange(inputs.size(1), device=inputs.device).unsqueeze(0)
+            seen = inputs[b].masked_fill(cols > q.unsqueeze(1), 0)
+            logits = logits.scatter(1, seen.to(logits.device), float("-inf"))
         return self._topk(hidden, logits)
 
     def _prepare_users(self, dataset):

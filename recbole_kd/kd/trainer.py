@@ -59,6 +59,7 @@ class DistillTrainer(KDTrainer):
         self.kd_gate = config["kd_gate"] or "none"
         self.kd_gate_k = config["kd_gate_k"]
         self.kd_cache = bool(config["kd_cache"])
+        self.kd_mask_seen = bool(config["kd_mask_seen"])
         self.teacher = None
         self.teacher_info = {}
         self.teacher_outputs = None
@@ -111,7 +112,7 @@ class DistillTrainer(KDTrainer):
             self.distribute(self.kd_modules)  # distributed: KD helpers' gradients are averaged too
         self.teacher_outputs = TeacherOutputs(
             self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device,
-            cache_dir=self.config["kd_cache_dir"],
+            cache_dir=self.config["kd_cache_dir"], mask_seen=self.kd_mask_seen,
         )
         self.cache_seconds = time.perf_counter() - t0
         self.logger.info(
@@ -191,6 +192,7 @@ class DistillTrainer(KDTrainer):
             "kd_gate": self.kd_gate,
             "kd_topk": self.kd_topk,
             "kd_cache": self.kd_cache,
+            "kd_mask_seen": self.kd_mask_seen,
             "teacher_cache_bytes": self.teacher_outputs.nbytes() if self.teacher_outputs else 0,
             "teacher_setup_seconds": self.cache_seconds,
             "teacher_cache_file": self.teacher_outputs.cache_file if self.teacher_outputs else None,
