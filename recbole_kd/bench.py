@@ -187,9 +187,18 @@ def _read_json(path: str):
 def cell_record(out: str, cell: Cell) -> dict | None:
     """The stored result of ``cell`` if it finished with the same settings."""
     rec = _read_json(os.path.join(out, "cells", cell.id + ".json"))
-    if rec and rec.get("status") == "ok" and rec.get("config_hash") == cell.config_hash:
+    if rec and rec.get("status") == "ok" and rec.get("config_hash") == cell.config_hash and not _stale_kd(rec, cell):
         return rec
     return None
+
+
+def _stale_kd(rec: dict, cell: Cell) -> bool:
+    """A distilled cell stored before ``kd_mask_seen`` (its result lacks the key) was distilled from the
+    teacher's raw top-K, seen items included: it is run again, not reported as today's method."""
+    result = rec.get("result") or {}
+    if "kd_losses" not in result:
+        return False
+    return bool(result.get("kd_mask_seen", False)) != bool((cell.settings or {}).get("kd_mask_seen", True))
 
 
 def failed_record(out: str, cell: Cell) -> dict | None:

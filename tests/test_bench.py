@@ -91,6 +91,15 @@ def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch):
     report = (out / "README.md").read_text()
     assert "| baseline | SASRec | SASRec | 0/1 | not run: too slow for this machine |" in report
     assert (out / "plots" / "tiny_kd_gain.png").exists()
+    # a distilled cell stored before kd_mask_seen (raw teacher top-K) is stale: run again, never reused
+    from recbole_kd.bench import cell_record, expand, load_suite
+
+    kd_cell = next(c for c in expand(load_suite(suite)) if c.label == "KD-SASRec (rrd)")
+    assert cell["result"]["kd_mask_seen"] is True and cell_record(str(out), kd_cell) is not None
+    stored = json.loads((out / "cells" / f"{kd_cell.id}.json").read_text())
+    del stored["result"]["kd_mask_seen"]
+    (out / "cells" / f"{kd_cell.id}.json").write_text(json.dumps(stored))
+    assert cell_record(str(out), kd_cell) is None
 
 
 def test_transfer_cells_share_their_source_model(tmp_path, monkeypatch):
