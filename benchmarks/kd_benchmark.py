@@ -19,6 +19,8 @@ import os
 
 from common import RESULTS, mean_std, run_cell, write_outputs
 
+from recbole_kd.kd.teacher import distilled_from_raw_top_k
+
 ALL_LOSSES = ["hard", "soft", "rd", "rrd", "hint"]
 DEFAULT_CELLS = ["student"] + [f"kd:{l}" for l in ALL_LOSSES] + ["kd:combo", "mf", "kd-mf"]
 
@@ -97,11 +99,10 @@ def main():
             if "requested" in stored and stored["requested"] != requested:  # cells from before it: not checked
                 raise SystemExit(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
                                  "delete it or use another --out")
-            mask_seen = bool(overrides.get("kd_mask_seen", True))
-            if model.startswith("KD-") and not args.render_only and stored.get("kd_mask_seen", False) != mask_seen:
-                # cells from before kd_mask_seen were distilled from the raw top-K (seen items in it)
-                raise SystemExit(f"{path} was distilled with kd_mask_seen={stored.get('kd_mask_seen', False)}, "
-                                 f"now {mask_seen}; delete it or use another --out")
+            if (not args.render_only and bool(overrides.get("kd_mask_seen", True))
+                    and distilled_from_raw_top_k(model, stored)):
+                raise SystemExit(f"{path} was distilled from the teacher's raw top-K (before kd_mask_seen); "
+                                 "delete it or use another --out")
             return stored
         if args.render_only:
             return None
@@ -299,7 +300,7 @@ def render(args, teacher, rows, members=()):
         epoch = mean_std([r["train_seconds_per_epoch"] for r in runs])[0]
         lat = mean_std([r["latency_seconds"] for r in runs])[0]
         losses = runs[0].get("kd_losses", "-")
-        if "kd_losses" in runs[0] and not runs[0].get("kd_mask_seen", False):
+        if distilled_from_raw_top_k(runs[0]["model"], runs[0]):
             losses = f"{losses} (raw top-K)"  # distilled before kd_mask_seen: seen items in the teacher's top-K
         seeds = "" if len(runs) == len(args.seeds) else f" ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
         lines.append(
@@ -313,6 +314,9 @@ def render(args, teacher, rows, members=()):
             "seconds_per_epoch": epoch, "latency_seconds": lat, "num_params": runs[0]["num_params"],
             "seeds": [r["seed"] for r in runs],
         }
+    if any(distilled_from_raw_top_k(runs[0]["model"], runs[0]) for runs in rows.values()):
+        lines.append("\n(raw top-K): distilled before `kd_mask_seen`, from a teacher top-K that still held items the "
+                     "user had already seen (for a SASRec teacher mostly the item just consumed, at rank 1).")
     kd_rows = {c: v for c, v in summary["rows"].items() if c.startswith("kd:")}
     if kd_rows and base:
         best = max(kd_rows, key=lambda c: kd_rows[c]["ndcg10_mean"])

@@ -193,12 +193,12 @@ def cell_record(out: str, cell: Cell) -> dict | None:
 
 
 def _stale_kd(rec: dict, cell: Cell) -> bool:
-    """A distilled cell stored before ``kd_mask_seen`` (its result lacks the key) was distilled from the
-    teacher's raw top-K, seen items included: it is run again, not reported as today's method."""
-    result = rec.get("result") or {}
-    if "kd_losses" not in result:
-        return False
-    return bool(result.get("kd_mask_seen", False)) != bool((cell.settings or {}).get("kd_mask_seen", True))
+    """A distilled cell stored before ``kd_mask_seen`` was distilled from the teacher's raw top-K, seen
+    items included: it is run again, not reported as today's method."""
+    from recbole_kd.kd.teacher import distilled_from_raw_top_k
+
+    wants_mask = bool((cell.settings or {}).get("kd_mask_seen", True))
+    return wants_mask and distilled_from_raw_top_k(cell.model, rec.get("result") or {})
 
 
 def failed_record(out: str, cell: Cell) -> dict | None:

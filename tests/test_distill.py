@@ -248,3 +248,16 @@ def test_teacher_top_k_never_holds_an_item_the_row_has_seen(teacher, tiny_data, 
     for r in range(ids_r.size(0)):  # masking only removes: the unseen items of the raw list, in order, lead
         keep = ids_r[r][~(ids_r[r].unsqueeze(1) == seen[r].unsqueeze(0)).any(1)]
         assert torch.equal(ids_m[r, : keep.numel()], keep)
+
+
+def test_runs_distilled_from_the_raw_top_k_are_told_apart():
+    """Stored runs from before kd_mask_seen: a windowed student's top-K losses read seen items; hint
+    reads no top-K, and an MF student's users always had their training items masked."""
+    from recbole_kd.kd.teacher import distilled_from_raw_top_k as raw
+
+    assert raw("KD-SASRec", {"kd_losses": {"rd": 1.0}})
+    assert raw("KD-SASRec", {"kd_losses": {"rrd": 1.0, "hint": 1.0}, "kd_mask_seen": False})
+    assert not raw("KD-SASRec", {"kd_losses": {"rd": 1.0}, "kd_mask_seen": True})
+    assert not raw("KD-SASRec", {"kd_losses": {"hint": 1.0}})
+    assert not raw("KD-MF", {"kd_losses": {"soft": 1.0}})
+    assert not raw("SASRec-S", {})

@@ -308,6 +308,21 @@ def user_histories(dataset, max_len: int):
     return torch.from_numpy(users), torch.from_numpy(seqs), torch.from_numpy(lens), (uids, items)
 
 
+def distilled_from_raw_top_k(model: str, result: dict) -> bool:
+    """Whether a stored run of ``model`` was distilled from the teacher's raw top-K, seen items included:
+    a windowed (sequential) student's run from before ``kd_mask_seen`` (its result lacks the key), or
+    one run with it off, whose losses read the top-K (not hint alone). A non-windowed student (KD-MF)
+    has always had its users' training items masked."""
+    from recbole_kd.registry import get_entry
+
+    losses = result.get("kd_losses")
+    if not losses or set(losses) <= {"hint"}:
+        return False
+    if not hasattr(get_entry(model).cls, "build_train_dataloader"):  # user mode: masked by history_mask
+        return False
+    return not result.get("kd_mask_seen", False)
+
+
 class TeacherOutputs:
     """The teacher's top-K items, their scores and (optionally) hidden states for every row the
     student trains on. ``cached=True``: computed once for the whole training set; otherwise
