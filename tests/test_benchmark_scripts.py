@@ -146,3 +146,28 @@ def test_kd_benchmark_distils_with_a_relative_out(tiny_data, tmp_path, monkeypat
     kd_benchmark.main()
     cell = json.loads((tmp_path / "kd-rel" / "cells" / "kd-rd-seed1.json").read_text())
     assert cell["model"] == "KD-SASRec" and cell["epochs_run"] == 1 and os.getcwd() == str(tmp_path)
+
+
+def test_teacher_topk_reports_seen_items_raw_and_none_masked(tiny_data, tmp_path, monkeypatch):
+    import json
+
+    import common
+    import teacher_topk
+    from conftest import run_cli
+
+    proc = run_cli("--model=SASRec-L", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=1",
+                   "--show_progress=False", f"--result_file={tmp_path / 't.json'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = os.path.join(tmp_path, json.loads((tmp_path / "t.json").read_text())["checkpoint"])
+    results = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS", str(results))
+    monkeypatch.setattr(teacher_topk, "RESULTS", str(results))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["teacher_topk.py", "--dataset", "tiny", "--data_path", tiny_data,
+                                      "--teacher_checkpoint", ckpt, ckpt, "--topk", "10"])  # an ensemble of two
+    teacher_topk.main()
+    out = json.loads((results / "teacher_topk_tiny.json").read_text())
+    assert out["positions"] > 0 and out["teacher"].startswith("ensemble")
+    assert out["raw"]["seen_items_in_top_k_mean"] > 0 and out["mask_seen"]["seen_items_in_top_k_mean"] == 0
+    assert out["mask_seen"]["top1_is_seen_item"] == 0 == out["mask_seen"]["top1_is_current_item"]
+    assert "seen items masked" in (results / "teacher_topk_tiny.md").read_text()
