@@ -170,12 +170,12 @@ def main():
     report, summary = render(args, teacher, rows, members)
     extra = {}
     previous = os.path.join(RESULTS, f"{name}.json")
-    if args.render_only and os.path.isfile(previous):  # keep the command that trained the cells
-        with open(previous) as f:
-            old = json.load(f)
+    if args.render_only and (args.trained_by or os.path.isfile(previous)):  # keep the command that trained the cells
         if args.trained_by:  # its own words (several commands, commits)
             extra.update(trained_by=args.trained_by, trained_commit=None)
         else:  # the stored report's; the commit that trained the cells, not a re-render's
+            with open(previous) as f:
+                old = json.load(f)
             extra["trained_by"] = old.get("trained_by") or f"`{old.get('command')}`"
             extra["trained_commit"] = old["trained_commit"] if "trained_commit" in old else old.get("git_commit")
         commit = f" (commit {extra['trained_commit']})" if extra["trained_commit"] else ""

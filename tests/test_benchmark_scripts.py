@@ -126,6 +126,15 @@ def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_setting
         kd_benchmark.main()
     monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only"])
     kd_benchmark.main()  # the same request reuses it
+    # a folder rendered for the first time from cells trained elsewhere says how they were trained
+    monkeypatch.setattr(sys, "argv", [a if a != str(out) else str(tmp_path / "kd-copy") for a in base]
+                        + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only",
+                           "--trained_by", "cells copied from kd-d16"])
+    import shutil
+
+    shutil.copytree(out / "cells", tmp_path / "kd-copy" / "cells")
+    kd_benchmark.main()
+    assert "Cells trained by: cells copied from kd-d16" in (results / "kd-copy.md").read_text()
 
 
 def test_kd_benchmark_distils_with_a_relative_out(tiny_data, tmp_path, monkeypatch):
