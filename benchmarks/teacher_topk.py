@@ -51,7 +51,7 @@ def main():
     ap.add_argument("--teacher_checkpoint", nargs="+", required=True, help="one checkpoint, or several (an ensemble)")
     ap.add_argument("--student_set", nargs="*", help="key=value settings of the KD-SASRec run whose windows are used")
     ap.add_argument("--topk", type=int, default=50)
-    ap.add_argument("--label", default=None, help="what the teacher is, for the report (default: the file names)")
+    ap.add_argument("--label", default=None, help="what the teacher is, for the report (default: its model name, e.g. ensemble(SASRec-L x3))")
     args = ap.parse_args()
     for path in args.teacher_checkpoint:
         if not os.path.isfile(path):
