@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import torch
@@ -54,8 +55,10 @@ def main():
     ap.add_argument("--label", default=None, help="what the teacher is, for the report (default: its model name, e.g. ensemble(SASRec-L x3))")
     args = ap.parse_args()
     for path in args.teacher_checkpoint:
-        if not os.path.isfile(path):
-            raise SystemExit(f"--teacher_checkpoint {path}: no such file")
+        if not os.path.isfile(path):  # one line, exit 2, nothing written
+            print(f"teacher_topk: error: --teacher_checkpoint {path}: no such file; give a checkpoint written by a "
+                  "training run", file=sys.stderr)
+            sys.exit(2)
 
     from recbole_kd.config import build_config
     from recbole_kd.kd.teacher import TeacherOutputs, load_teacher
