@@ -266,6 +266,30 @@ def _teacher_record(cell: Cell, records: dict) -> dict:
     return found[0]
 
 
+def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell]) -> list[Cell]:
+    """Teacher cells that distilled cells in ``todo`` need but cannot use: the teacher row has no finished
+    cell, or its finished cell's checkpoint is not on this machine (checkpoints are git-ignored, so a fresh
+    checkout has the teacher's metrics but not its weights). They are run (again) before their students."""
+    need = []
+    for c in todo:
+        if not (c.model.startswith("KD-") and c.teacher_from):
+            continue
+        rows = [t for t in cells if t.dataset == c.dataset and t.label == c.teacher_from and t.skip is None]
+        done = [t for t in rows if (t.dataset, t.label, t.seed) in records]
+        if done:  # the cell _teacher_record picks: the finished one with the lowest seed
+            t = min(done, key=lambda x: x.seed)
+            ckpt = records[(t.dataset, t.label, t.seed)]["result"].get("checkpoint")
+            if ckpt and os.path.exists(os.path.join(out, ckpt)):
+                continue
+        elif rows:
+            t = min(rows, key=lambda x: x.seed)
+        else:
+            continue  # a skipped teacher row: the distilled cell fails with its own clear error
+        if all(t.id != x.id for x in need):
+            need.append(t)
+    return need
+
+
 def run_cell(cell: Cell, out: str, records: dict) -> dict:
     work = os.path.join(out, "work", cell.id)
     os.makedirs(work, exist_ok=True)
@@ -329,19 +353,24 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
         raise SuiteError(f"--only {' '.join(only)} matches no cell of {path}; "
                          "patterns match a label, model, dataset or cell id (see --dry-run)")
     todo = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records and selected(c, only)]
+    reruns = {t.id: t for t in teacher_reruns(cells, records, out, todo)}
+    if reruns:  # teachers come first in ``cells``, so they run before the students that need them
+        todo = [c for c in cells if c.id in reruns or any(c.id == x.id for x in todo)]
     if dry_run:
         print(f"suite {suite['name']}: {len(cells)} cells -> {out}")
         total, unknown = 0.0, 0
         for c in cells:
-            state = ("done" if (c.dataset, c.label, c.seed) in records else
+            state = ("to run (teacher)" if c.id in reruns else
+                     "done" if (c.dataset, c.label, c.seed) in records else
                      f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
                      "failed before" if failed_record(out, c) else "to run")
-            est = None if state != "to run" and not state.startswith("failed") else estimate_minutes(c, records)
+            runs = state.startswith(("to run", "failed"))
+            est = estimate_minutes(c, records) if runs else None
             if est is not None:
                 total += est
-            elif state == "to run" or state.startswith("failed"):
+            elif runs:
                 unknown += 1
-            print(f"  {c.id:<60} {c.group:<9} {state:<14} {'' if est is None else _fmt_minutes(est)}")
+            print(f"  {c.id:<60} {c.group:<9} {state:<16} {'' if est is None else _fmt_minutes(est)}")
         print(f"to run: {len(todo)} cells, estimated {_fmt_minutes(total)}"
               + (f" + {unknown} without an estimate" if unknown else ""))
         return 0
@@ -359,6 +388,9 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
                     eta = None
                 progress = (f"{n}/{len(todo)} selected cells run" if only else
                             f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
+                if c.id in reruns and (c.dataset, c.label, c.seed) in records:
+                    print(f"[bench] teacher cell {c.id} is finished but its checkpoint is not on this machine "
+                          "(checkpoints are not committed): running it again for the distilled cells", flush=True)
                 print(f"[bench] {progress} · running {c.id} · ETA {_fmt_minutes(eta)}", flush=True)
                 t0 = time.perf_counter()
                 rec = run_cell(c, out, records)

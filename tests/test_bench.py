@@ -1,6 +1,7 @@
 """The benchmark suite runner: resumable after a kill, merged report, dry run, teacher_from."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +68,8 @@ def test_kill_after_first_cell_then_resume(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch):
-    from recbole_kd.bench import run_suite
+def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch, capsys):
+    from recbole_kd.bench import main, run_suite
 
     suite = _suite(tmp_path, [
         {"model": "SASRec-L", "group": "teacher"},
@@ -100,6 +101,24 @@ def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch):
     del stored["result"]["kd_mask_seen"]
     (out / "cells" / f"{kd_cell.id}.json").write_text(json.dumps(stored))
     assert cell_record(str(out), kd_cell) is None
+    # a fresh checkout has the teacher cell's result but not its git-ignored checkpoint: the teacher cell is
+    # run again before the distilled cell that needs it, even when --only selects the distilled cell alone
+    teacher_cell = out / "cells" / "tiny__SASRec-L__seed2020.json"
+    old_teacher = json.loads(teacher_cell.read_text())
+    assert (out / old_teacher["result"]["checkpoint"]).exists()
+    shutil.rmtree(out / "work")  # git-ignored: a fresh checkout has cells/ but no work/
+    capsys.readouterr()
+    assert main([suite, "--out", str(out), "--dry-run", "--only", "KD-*"]) == 0
+    dry = capsys.readouterr().out
+    assert "tiny__SASRec-L__seed2020" in dry and "to run (teacher)" in dry and "to run: 2 cells" in dry
+    assert main([suite, "--out", str(out), "--only", "KD-*"]) == 0
+    printed = capsys.readouterr().out
+    assert "its checkpoint is not on this machine" in printed
+    assert printed.index("running tiny__SASRec-L__seed2020") < printed.index("running " + kd_cell.id)
+    new_teacher = json.loads(teacher_cell.read_text())
+    assert new_teacher["started_at"] > old_teacher["started_at"] and (out / new_teacher["result"]["checkpoint"]).exists()
+    assert cell_record(str(out), kd_cell) is not None
+    assert json.loads((out / "cells" / f"{kd_cell.id}.json").read_text())["result"]["teacher_source"] == "checkpoint"
 
 
 def test_transfer_cells_share_their_source_model(tmp_path, monkeypatch):
