@@ -23,12 +23,11 @@ from kd_benchmark import parse_sets
 
 def seen_matrix(window: torch.Tensor, own_from: torch.Tensor):
     """(inputs at each owned position [R], its prefix [R, L] with later columns zeroed, targets [R])."""
-    from recbole_kd.models.windows import owned_target_mask
+    from recbole_kd.models.windows import owned_target_mask, prefixes
 
     inputs, targets = window[:, :-1], window[:, 1:]
     b, q = owned_target_mask(targets, own_from - 1).nonzero(as_tuple=True)
-    cols = torch.arange(inputs.size(1)).unsqueeze(0)
-    return inputs[b, q], inputs[b].masked_fill(cols > q.unsqueeze(1), 0), targets[b, q]
+    return inputs[b, q], prefixes(inputs, b, q), targets[b, q]
 
 
 def stats(ids: torch.Tensor, scores: torch.Tensor, current, prefix, targets) -> dict:

@@ -133,3 +133,11 @@ def test_group_by_length_visits_every_window_once_and_cuts_padding():
         return cells
 
     assert padding(grouped) < 0.8 * padding(plain)
+
+
+def test_prefixes_zero_the_columns_after_each_position():
+    from recbole_kd.models.windows import prefixes
+
+    inputs = torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11]])
+    got = prefixes(inputs, torch.tensor([0, 1, 1]), torch.tensor([1, 0, 3]))
+    assert got.tolist() == [[5, 6, 0, 0], [8, 0, 0, 0], [8, 9, 10, 11]]

@@ -431,14 +431,12 @@ class TeacherOutputs:
     @torch.no_grad()
     def position_rows(self, window: torch.Tensor, own_from: torch.Tensor):
         inputs, targets = window[:, :-1], window[:, 1:]
-        from recbole_kd.models.windows import owned_target_mask  # lazy: models import this module
+        from recbole_kd.models.windows import owned_target_mask, prefixes  # lazy: models import this module
 
         mask = owned_target_mask(targets, own_from - 1)
         hidden, logits = self.teacher.position_outputs(inputs.to(self.device), mask.to(self.device))
         if self.mask_seen:  # row (b, q) has seen inputs[b, :q+1]; padding (0) is masked by _topk anyway
-            b, q = mask.nonzero(as_tuple=True)
-            cols = torch.arange(inputs.size(1), device=inputs.device).unsqueeze(0)
-            seen = inputs[b].masked_fill(cols > q.unsqueeze(1), 0)
+            seen = prefixes(inputs, *mask.nonzero(as_tuple=True))
             logits = logits.scatter(1, seen.to(logits.device), float("-inf"))
         return self._topk(hidden, logits)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from recbole_kd.models.sasrec import TransformerSequentialModel
-from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
+from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask, prefixes
 from recbole_kd.registry import register_model
 
 
@@ -68,11 +68,9 @@ class FastBERT4Rec(TransformerSequentialModel):
             # full-length history (which would drop its oldest item to make room for [MASK])
             inputs = torch.nn.functional.pad(inputs, (0, 1))
         hiddens = []
-        L = inputs.size(1)
-        cols = torch.arange(L, device=inputs.device).unsqueeze(0)
         for start in range(0, b_idx.numel(), self.prefix_chunk):
             b, q = b_idx[start : start + self.prefix_chunk], q_idx[start : start + self.prefix_chunk]
-            prefix = inputs[b].masked_fill(cols > q.unsqueeze(1), 0)
+            prefix = prefixes(inputs, b, q)
             hiddens.append(self.last_hidden(prefix, q + 1))  # full width: cached == uncached, bit for bit
         hidden = torch.cat(hiddens) if hiddens else inputs.new_zeros((0, self.hidden_size), dtype=torch.float)
         return hidden, self.item_logits(hidden)

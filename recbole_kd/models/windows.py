@@ -199,3 +199,10 @@ def owned_target_mask(window: torch.Tensor, own_from: torch.Tensor) -> torch.Ten
     """Boolean [B, span]: real items at positions this window owns."""
     pos = torch.arange(window.shape[1], device=window.device).unsqueeze(0)
     return (window > 0) & (pos >= own_from.unsqueeze(1))
+
+
+def prefixes(inputs: torch.Tensor, b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """[R, L]: for each row r, ``inputs[b[r]]`` with the columns after ``q[r]`` zeroed (padding), i.e. what
+    the user has seen up to and including position ``q[r]``."""
+    cols = torch.arange(inputs.size(1), device=inputs.device).unsqueeze(0)
+    return inputs[b].masked_fill(cols > q.unsqueeze(1), 0)
