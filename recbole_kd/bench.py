@@ -266,27 +266,26 @@ def _teacher_record(cell: Cell, records: dict) -> dict:
     return found[0]
 
 
-def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell]) -> list[Cell]:
-    """Teacher cells that distilled cells in ``todo`` need but cannot use: the teacher row has no finished
-    cell, or its finished cell's checkpoint is not on this machine (checkpoints are git-ignored, so a fresh
-    checkout has the teacher's metrics but not its weights). They are run (again) before their students."""
-    need = []
+def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell]) -> dict[str, Cell]:
+    """Teacher cells (by id) that distilled cells in ``todo`` need but cannot use: the teacher row has no
+    finished cell, or the finished cell ``_teacher_record`` picks has its checkpoint missing here
+    (checkpoints are git-ignored, so a fresh checkout has the teacher's metrics but not its weights).
+    They are run (again) before their students."""
+    need = {}
     for c in todo:
         if not (c.model.startswith("KD-") and c.teacher_from):
             continue
-        rows = [t for t in cells if t.dataset == c.dataset and t.label == c.teacher_from and t.skip is None]
-        done = [t for t in rows if (t.dataset, t.label, t.seed) in records]
-        if done:  # the cell _teacher_record picks: the finished one with the lowest seed
-            t = min(done, key=lambda x: x.seed)
-            ckpt = records[(t.dataset, t.label, t.seed)]["result"].get("checkpoint")
-            if ckpt and os.path.exists(os.path.join(out, ckpt)):
-                continue
-        elif rows:
-            t = min(rows, key=lambda x: x.seed)
-        else:
-            continue  # a skipped teacher row: the distilled cell fails with its own clear error
-        if all(t.id != x.id for x in need):
-            need.append(t)
+        try:
+            rec = _teacher_record(c, records)
+        except RuntimeError:
+            rec = None
+        ckpt = rec and rec["result"].get("checkpoint")
+        if ckpt and os.path.exists(os.path.join(out, ckpt)):
+            continue
+        rows = [t for t in cells if t.dataset == c.dataset and t.label == c.teacher_from and t.skip is None
+                and (rec is None or t.seed == rec["seed"])]  # cells are in seed order within a row
+        if rows:  # none: a skipped teacher row, and the distilled cell fails with its own clear error
+            need.setdefault(rows[0].id, rows[0])
     return need
 
 
@@ -353,9 +352,10 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
         raise SuiteError(f"--only {' '.join(only)} matches no cell of {path}; "
                          "patterns match a label, model, dataset or cell id (see --dry-run)")
     todo = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records and selected(c, only)]
-    reruns = {t.id: t for t in teacher_reruns(cells, records, out, todo)}
+    reruns = teacher_reruns(cells, records, out, todo)
     if reruns:  # teachers come first in ``cells``, so they run before the students that need them
-        todo = [c for c in cells if c.id in reruns or any(c.id == x.id for x in todo)]
+        wanted = set(reruns) | {c.id for c in todo}
+        todo = [c for c in cells if c.id in wanted]
     if dry_run:
         print(f"suite {suite['name']}: {len(cells)} cells -> {out}")
         total, unknown = 0.0, 0
