@@ -5,8 +5,11 @@ split, same evaluator), in its own work folder with ``--resume=auto``. A finishe
 as ``cells/<id>.json`` (atomically) the moment it ends, so re-running the suite skips finished
 cells, re-runs failed ones, and an interrupted cell continues from its last epoch checkpoint.
 Cells run elsewhere (e.g. on a lent accelerator) merge by copying their ``cells/*.json`` in and
-running ``--render-only``. ``--only PATTERN`` (repeatable) runs a subset of the cells (shell
-pattern on label, model, dataset or cell id); the report still lists every row, unrun ones as such.
+running ``--render-only`` (``benchmarks/accelerator/`` does both for a lent GPU machine). ``--only
+PATTERN`` (repeatable) runs a subset of the cells (shell pattern on label, model, dataset or cell id); the
+report still lists every row, unrun ones as such. ``--data_path DIR`` reads every dataset from ``DIR``
+instead of the suite's ``data_path`` (e.g. a copy of the data on another machine); the cells' settings
+and ids stay those of the suite, so their results merge with cells run from the suite as written.
 
 Suite file::
 
@@ -206,12 +209,14 @@ def failed_record(out: str, cell: Cell) -> dict | None:
 
 
 def git_commit() -> str:
+    """The checkout's commit; where there is no git repository (a copy of the tree on another machine),
+    ``RECBOLE_KD_GIT_COMMIT`` if set (``benchmarks/accelerator/run.sh`` sets it)."""
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
-        return "unknown"
+        return os.environ.get("RECBOLE_KD_GIT_COMMIT") or "unknown"
 
 
 def machine() -> dict:
@@ -223,9 +228,15 @@ def machine() -> dict:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    if info["device"] == "cuda":
+        try:
+            info["gpu"] = torch.cuda.get_device_name(0)
+        except Exception:  # the name is for the report only
+            pass
+    return info
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -233,7 +244,9 @@ def _cli_value(v) -> str:
     return v if isinstance(v, str) else repr(v)
 
 
-def cell_command(cell: Cell, out: str, records: dict) -> list[str]:
+def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = None) -> list[str]:
+    """The cell's CLI command. ``data_path`` (bench's ``--data_path``) replaces the suite's ``data_path`` of
+    the cell's dataset and of a transfer source; it is not part of the cell's settings or id."""
     work = os.path.join(out, "work", cell.id)
     settings = dict(cell.settings)
     if cell.model.startswith("KD-"):
@@ -249,6 +262,10 @@ def cell_command(cell: Cell, out: str, records: dict) -> list[str]:
             f"--seed={cell.seed}", f"--result_file={os.path.join(work, 'result.json')}",
             f"--checkpoint_dir={os.path.join(work, 'saved')}", "--resume=auto"]
     settings.setdefault("show_progress", False)
+    if data_path:
+        settings["data_path"] = data_path
+        if isinstance(settings.get("source"), dict) and settings["source"].get("data_path"):
+            settings["source"] = {**settings["source"], "data_path": data_path}
     for key, value in settings.items():
         if key == "data_path":
             value = os.path.abspath(value)
@@ -289,7 +306,7 @@ def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell])
     return need
 
 
-def run_cell(cell: Cell, out: str, records: dict) -> dict:
+def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) -> dict:
     work = os.path.join(out, "work", cell.id)
     os.makedirs(work, exist_ok=True)
     result_path = os.path.join(work, "result.json")
@@ -298,7 +315,7 @@ def run_cell(cell: Cell, out: str, records: dict) -> dict:
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     try:
-        args = cell_command(cell, out, records)
+        args = cell_command(cell, out, records, data_path)
     except RuntimeError as exc:
         return {"status": "failed", "error": str(exc), "started_at": started}
     with open(os.path.join(work, "output.log"), "a") as log:
@@ -316,6 +333,10 @@ def run_cell(cell: Cell, out: str, records: dict) -> dict:
         return {**base, "status": "failed", "returncode": proc.returncode, "error": tail[:500]}
     if result.get("checkpoint"):
         result["checkpoint"] = os.path.relpath(os.path.join(work, result["checkpoint"]), out)
+    used = (result.get("machine") or {}).get("device")  # the device the cell's run used (config["device"])
+    if used in ("cpu", "cuda") and used != base["machine"]["device"]:
+        base["machine"] = {**{k: v for k, v in base["machine"].items() if k != "gpu"}, "device": used,
+                           **({"gpu": result["machine"]["gpu"]} if result["machine"].get("gpu") else {})}
     return {**base, "status": "ok", "result": result}
 
 
@@ -338,8 +359,27 @@ def selected(cell: Cell, only: list[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in only for name in names)
 
 
+def _datasets_needed(cell: Cell) -> list[str]:
+    source = (cell.settings or {}).get("source")
+    extra = [source["dataset"]] if isinstance(source, dict) and source.get("dataset") else []
+    return [cell.dataset, *extra]
+
+
+def check_data_path(data_path: str, cells: list[Cell]) -> str:
+    """``--data_path``: the folder must exist and hold a folder for every dataset the cells to run read."""
+    data_path = os.path.abspath(data_path)
+    if not os.path.isdir(data_path):
+        raise SuiteError(f"--data_path {data_path} is not a folder (it should hold one folder per dataset, "
+                         "e.g. DIR/ml-1m/ml-1m.inter)")
+    missing = sorted({ds for c in cells for ds in _datasets_needed(c) if not os.path.isdir(os.path.join(data_path, ds))})
+    if missing:
+        raise SuiteError(f"--data_path {data_path} has no folder for dataset(s) {', '.join(missing)} "
+                         "(expected DIR/NAME/NAME.inter)")
+    return data_path
+
+
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_only: bool = False,
-              only: list[str] | None = None) -> int:
+              only: list[str] | None = None, data_path: str | None = None) -> int:
     suite = load_suite(path)
     cells = expand(suite)
     out = output_dir(suite, out)
@@ -356,6 +396,8 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
     if reruns:  # teachers come first in ``cells``, so they run before the students that need them
         wanted = set(reruns) | {c.id for c in todo}
         todo = [c for c in cells if c.id in wanted]
+    if data_path and not render_only:
+        data_path = check_data_path(data_path, todo)
     if dry_run:
         print(f"suite {suite['name']}: {len(cells)} cells -> {out}")
         total, unknown = 0.0, 0
@@ -393,7 +435,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
                           "(checkpoints are not committed): running it again for the distilled cells", flush=True)
                 print(f"[bench] {progress} · running {c.id} · ETA {_fmt_minutes(eta)}", flush=True)
                 t0 = time.perf_counter()
-                rec = run_cell(c, out, records)
+                rec = run_cell(c, out, records, data_path)
                 ran.append(time.perf_counter() - t0)
                 if rec["status"] == "ok":
                     _write_json(os.path.join(out, "cells", c.id + ".json"), rec)
@@ -462,6 +504,7 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         row["seconds_per_epoch"] = statistics.mean([r["train_seconds_per_epoch"] for r in res])
         row["epochs"] = statistics.mean([r["epochs_run"] for r in res])
         row["train_minutes"] = statistics.mean([r["train_seconds"] for r in res]) / 60
+        row["devices"] = sorted({(r.get("machine") or {}).get("device", "cpu") for r in runs})
         row["status"] = "ok"
         rows.append(row)
     # reference rows for the ratio columns
@@ -511,6 +554,18 @@ def _fmt(ms, digits=4):
     return f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
+def _machines_line(recs) -> str:
+    """Where the stored cells ran, e.g. ``9 cells on Intel Xeon (2 cores, cpu, torch 2.13.0+cpu); 4 cells on
+    NVIDIA H200 (16 cores, cuda, torch 2.11.0+cu130)``: cells merged from another machine keep their own."""
+    counts = {}
+    for rec in recs:
+        m = rec.get("machine") or {}
+        key = (m.get("gpu") or m.get("cpu") or "unknown machine", m.get("cores"), m.get("device", "cpu"), m.get("torch"))
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{n} cell{'s' if n > 1 else ''} on {name} ({cores} cores, {device}, torch {torch})"
+                     for (name, cores, device, torch), n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
     os.makedirs(out, exist_ok=True)
     rows = summarize(cells, records, out)
@@ -529,8 +584,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
         f"Command: `python -m recbole_kd bench {os.path.relpath(suite['_path'])}`  ",
         "Protocol: RecBole's leave-one-out split by time, full ranking over all items, best-on-valid "
         "checkpoint (NDCG@10) evaluated on test; every cell is one CLI run.  ",
-        f"Machine of the last cells: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, "
-        f"torch {payload['machine']['torch']} ({payload['machine']['device']}); report of commit {commit}.",
+        f"Cells ran on: {_machines_line(records.values()) or 'no cell has run yet'}; report of commit {commit}.",
         "",
     ]
     for ds in dict.fromkeys(c.dataset for c in cells):
@@ -546,10 +600,11 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                     continue
                 vs_s = f"{row['vs_student_alone']:.3f}" if row.get("vs_student_alone") else "-"
                 vs_t = f"{row['vs_teacher']:.3f}" if row.get("vs_teacher") else "-"
+                on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
                 lines.append(
                     f"| {group} | {row['label']} | {row['model']} | {len(row['seeds'])}/{row['seeds_planned']} | "
                     f"{_fmt(row['ndcg@10'])} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | "
-                    f"{row['num_params']:,} | {row['latency_ms']:.1f} | {row['seconds_per_epoch']:.2f} | "
+                    f"{row['num_params']:,} | {row['latency_ms']:.1f}{on} | {row['seconds_per_epoch']:.2f}{on} | "
                     f"{row['epochs']:.0f} | {vs_s} | {vs_t} |")
         lines.append("")
         for title, name in plots.get(ds, []):
@@ -559,7 +614,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
     lines += ["Ratios: NDCG@10 mean over seeds divided by the same dataset's student-alone row (for a "
               "distilled `KD-X`: the `X` row of group student, or `student_ref`) and teacher row (`teacher_from`, "
               "else the dataset's first teacher). Latency: median full-sort scoring time for 256 test users on "
-              "this machine.", ""]
+              "the cell's machine; latency and s / epoch of rows run on a GPU are marked (cuda).", ""]
     tmp = os.path.join(out, ".README.md.tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines))
@@ -660,12 +715,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="output folder (default: benchmarks/results/<name> for suites in benchmarks/suites)")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and the estimated time; run nothing")
     ap.add_argument("--render-only", action="store_true", help="rebuild the report from the stored cells")
+    ap.add_argument("--data_path", metavar="DIR",
+                    help="read every dataset from DIR/NAME/ instead of the suite's data_path (e.g. a copy of the "
+                         "data on another machine); cells keep their ids and settings, so results merge")
     ap.add_argument("--only", action="append", metavar="PATTERN",
                     help="run only cells whose label, model, dataset or id matches this shell pattern "
                          "(repeatable; e.g. --only 'MF*' --only '*shared_tokens*'); the report still lists every row")
     args = ap.parse_args(argv)
     try:
-        return run_suite(args.suite, args.out, dry_run=args.dry_run, render_only=args.render_only, only=args.only)
+        return run_suite(args.suite, args.out, dry_run=args.dry_run, render_only=args.render_only, only=args.only,
+                         data_path=args.data_path)
     except SuiteError as exc:
         print(f"recbole-kd bench: error: {exc}", file=sys.stderr)
         return 2

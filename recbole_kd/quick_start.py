@@ -46,14 +46,22 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def machine_info() -> dict:
-    return {
+def machine_info(device=None) -> dict:
+    """This machine; ``device``: the one the run used (config["device"]), else the one torch would pick."""
+    used = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": used,
     }
+    if used == "cuda":
+        try:
+            info["gpu"] = torch.cuda.get_device_name(torch.device(device) if device is not None else None)
+        except Exception:  # the name is for reports only
+            pass
+    return info
 
 
 def _floats(result) -> dict | None:
@@ -195,7 +203,7 @@ def run(
         "resumed_from": trainer.resumed_from,
         "test_users": trainer.evaluated_users,
         "config": {k: plain(config[k]) for k in ESSENTIAL_KEYS + (CL_KEYS if config["cl_weight"] else ()) if k in config},
-        "machine": machine_info(),
+        "machine": machine_info(config["device"]),
     }
     if not config["single_spec"]:
         result["distributed"] = {

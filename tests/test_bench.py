@@ -184,3 +184,44 @@ def test_one_seed_shows_no_spread():
     assert _fmt(_mean_std([0.0123])) == "0.0123"  # not "0.0123 ± 0.0000": one seed has no measured spread
     assert _fmt(_mean_std([0.01, 0.02])) == "0.0150 ± 0.0071"
     assert _fmt(_mean_std([None])) == "-"
+
+
+def test_data_path_option_reads_every_dataset_from_there_and_keeps_the_cells(tmp_path, monkeypatch, capsys):
+    """``--data_path DIR`` (data copied to another machine): cells read DIR/NAME/, keep the suite's ids and
+    settings (so they merge with cells run from the suite as written); a missing folder is one clear error."""
+    import ast
+
+    import yaml
+
+    from recbole_kd.bench import cell_command, cell_record, expand, load_suite, main
+
+    suite = _suite(tmp_path, [{"model": "MF-S", "group": "student"},
+                              {"model": "Transfer-SASRec", "label": "from src",
+                               "settings": {"source": {"dataset": "src", "data_path": "elsewhere"}}}])
+    spec = yaml.safe_load(open(suite))
+    spec["datasets"]["tiny"]["data_path"] = "not-here"  # the suite's folder does not exist on this machine
+    open(suite, "w").write(yaml.safe_dump(spec))
+    out, data = tmp_path / "out", tmp_path / "data"
+    monkeypatch.chdir(tmp_path)
+
+    assert main([suite, "--out", str(out), "--only", "MF-S", "--data_path", str(tmp_path / "missing")]) == 2
+    assert "--data_path" in capsys.readouterr().err and not (out / "cells").exists()
+    assert main([suite, "--out", str(out), "--data_path", str(data), "--dry-run"]) == 2  # the transfer cell needs src/
+    assert "no folder for dataset(s) src" in capsys.readouterr().err
+
+    cells = {c.label: c for c in expand(load_suite(suite))}
+    transfer = cell_command(cells["from src"], str(out), {}, str(data))
+    source = next(a for a in transfer if a.startswith("--source="))
+    assert f"--data_path={data}" in transfer and ast.literal_eval(source[len("--source="):]) == {
+        "dataset": "src", "data_path": str(data)}
+    assert "--data_path=" + os.path.abspath("not-here") in cell_command(cells["MF-S"], str(out), {})
+
+    assert main([suite, "--out", str(out), "--only", "MF-S", "--data_path", str(data)]) == 0
+    rec = json.loads((out / "cells" / "tiny__MF-S__seed2020.json").read_text())
+    assert rec["status"] == "ok" and f"--data_path={data}" in rec["command"]
+    assert rec["settings"]["data_path"] == "not-here" and rec["config_hash"] == cells["MF-S"].config_hash
+    assert cell_record(str(out), cells["MF-S"]) is not None  # done for the suite as written, too
+    capsys.readouterr()
+    assert main([suite, "--out", str(out), "--dry-run"]) == 0
+    assert "tiny__MF-S__seed2020" in (line := next(l for l in capsys.readouterr().out.splitlines() if "MF-S" in l)) \
+        and " done " in line
