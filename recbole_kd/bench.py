@@ -222,21 +222,16 @@ def git_commit() -> str:
 def machine() -> dict:
     import torch
 
+    from recbole_kd.quick_start import device_info
+
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    if info["device"] == "cuda":
-        try:
-            info["gpu"] = torch.cuda.get_device_name(0)
-        except Exception:  # the name is for the report only
-            pass
-    return info
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, **device_info()}
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -333,10 +328,10 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) 
         return {**base, "status": "failed", "returncode": proc.returncode, "error": tail[:500]}
     if result.get("checkpoint"):
         result["checkpoint"] = os.path.relpath(os.path.join(work, result["checkpoint"]), out)
-    used = (result.get("machine") or {}).get("device")  # the device the cell's run used (config["device"])
-    if used in ("cpu", "cuda") and used != base["machine"]["device"]:
-        base["machine"] = {**{k: v for k, v in base["machine"].items() if k != "gpu"}, "device": used,
-                           **({"gpu": result["machine"]["gpu"]} if result["machine"].get("gpu") else {})}
+    ran = result.get("machine") or {}  # the run's own record of the device it used (config["device"])
+    if ran.get("device") in ("cpu", "cuda"):
+        base["machine"] = {**{k: v for k, v in base["machine"].items() if k not in ("device", "gpu")},
+                           **{k: ran[k] for k in ("device", "gpu") if k in ran}}
     return {**base, "status": "ok", "result": result}
 
 

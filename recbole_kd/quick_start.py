@@ -46,22 +46,28 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def machine_info(device=None) -> dict:
-    """This machine; ``device``: the one the run used (config["device"]), else the one torch would pick."""
+def device_info(device=None) -> dict:
+    """``{"device": "cpu"|"cuda"[, "gpu": name]}`` for ``device`` (the one a run used, config["device"]), else
+    for the one torch would pick. Shared by run results and bench cell records."""
     used = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "device": used,
-    }
+    info = {"device": used}
     if used == "cuda":
         try:
             info["gpu"] = torch.cuda.get_device_name(torch.device(device) if device is not None else None)
         except Exception:  # the name is for reports only
             pass
     return info
+
+
+def machine_info(device=None) -> dict:
+    """This machine; ``device``: the one the run used (config["device"]), else the one torch would pick."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        **device_info(device),
+    }
 
 
 def _floats(result) -> dict | None:

@@ -118,7 +118,7 @@ def test_pack_then_merge_round_trip(tmp_path, monkeypatch, capsys):
     assert "| distilled | KD-SASRec | KD-SASRec | 0/1 | failed: recbole-kd: error: boom |" in report
 
 
-def test_merge_refuses_cells_of_other_settings(tmp_path):
+def test_merge_refuses_cells_of_other_settings(tmp_path, capsys):
     from recbole_kd.bench import expand, load_suite
 
     cells_py = _cells_module()
@@ -131,8 +131,9 @@ def test_merge_refuses_cells_of_other_settings(tmp_path):
     summary = cells_py.merge(suite, str(tmp_path / "OUT"), str(tmp_path / "results"), log=lambda line: None)
     assert summary["added"] == [] and "other settings" in summary["ignored"][0]
     assert not (tmp_path / "results" / "cells" / f"{cell.id}.json").exists()
-    with pytest.raises(SystemExit, match="no cells.tar.gz"):
+    with pytest.raises(SystemExit) as exc:  # bad input: one line on stderr, exit status 2
         cells_py.merge(suite, str(tmp_path), str(tmp_path / "results"))
+    assert exc.value.code == 2 and "no cells.tar.gz" in capsys.readouterr().err
 
 
 def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):

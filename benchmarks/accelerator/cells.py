@@ -164,14 +164,20 @@ def _safe_member(name: str) -> bool:
     return not (name.startswith("/") or ".." in name.split("/"))
 
 
+def _fail(message: str):
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"merge: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _find_archive(src: str) -> tuple[str, str]:
     if os.path.isdir(src):
         path = os.path.join(src, "cells.tar.gz")
         if not os.path.isfile(path):
-            raise SystemExit(f"merge: {src} has no cells.tar.gz")
+            _fail(f"{src} has no cells.tar.gz (give the folder the device tool returned, or cells.tar.gz)")
         return path, src
     if not os.path.isfile(src):
-        raise SystemExit(f"merge: {src} does not exist")
+        _fail(f"{src} does not exist (give the folder the device tool returned, or cells.tar.gz)")
     return src, os.path.dirname(os.path.abspath(src))
 
 
