@@ -53,6 +53,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -301,6 +302,20 @@ def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell])
     return need
 
 
+_LIVE: set = set()  # processes of the cells running now (stopped when the bench is interrupted)
+
+
+def _run_process(args: list[str], cwd: str, log) -> tuple[int, str]:
+    """Run a cell's command (stdout to ``log``); its exit status and stderr."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.PIPE, text=True)
+    _LIVE.add(proc)
+    try:
+        _, stderr = proc.communicate()
+    finally:
+        _LIVE.discard(proc)
+    return proc.returncode, stderr
+
+
 def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) -> dict:
     work = os.path.join(out, "work", cell.id)
     os.makedirs(work, exist_ok=True)
@@ -316,16 +331,16 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) 
     with open(os.path.join(work, "output.log"), "a") as log:
         log.write(f"\n$ {shlex.join(args)}\n")
         log.flush()
-        proc = subprocess.run(args, cwd=work, stdout=log, stderr=subprocess.PIPE, text=True)
-        log.write(proc.stderr)
+        returncode, stderr = _run_process(args, work, log)
+        log.write(stderr)
     wall = time.perf_counter() - t0
     base = {**cell.spec(), "id": cell.id, "config_hash": cell.config_hash, "started_at": started,
             "wall_seconds": wall, "command": shlex.join(args[1:]), "git_commit": git_commit(), "machine": machine()}
     result = _read_json(result_path)
-    if proc.returncode != 0 or result is None:
-        errors = [l for l in proc.stderr.splitlines() if l.startswith("recbole-kd: error")]
-        tail = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {**base, "status": "failed", "returncode": proc.returncode, "error": tail[:500]}
+    if returncode != 0 or result is None:
+        errors = [l for l in stderr.splitlines() if l.startswith("recbole-kd: error")]
+        tail = errors[-1] if errors else (stderr.strip().splitlines() or ["no output"])[-1]
+        return {**base, "status": "failed", "returncode": returncode, "error": tail[:500]}
     if result.get("checkpoint"):
         result["checkpoint"] = os.path.relpath(os.path.join(work, result["checkpoint"]), out)
     ran = result.get("machine") or {}  # the run's own record of the device it used (config["device"])
@@ -373,8 +388,94 @@ def check_data_path(data_path: str, cells: list[Cell]) -> str:
     return data_path
 
 
+def _needs(cell: Cell, todo: list[Cell]) -> set[str]:
+    """Ids of the cells in ``todo`` that ``cell`` must wait for: the teacher row it distils from."""
+    if not (cell.model.startswith("KD-") and cell.teacher_from):
+        return set()
+    return {t.id for t in todo if t.dataset == cell.dataset and t.label == cell.teacher_from}
+
+
+def _exclusive(cell: Cell) -> tuple | None:
+    """Cells that build a shared, lazily trained model run one at a time: distilled cells without
+    ``teacher_from`` (the teacher zoo of the dataset) and transfer cells (the source-model cache)."""
+    if cell.model.startswith("KD-") and not cell.teacher_from:
+        return ("teachers", cell.dataset)
+    if cell.model.startswith("Transfer-"):
+        return ("transfer", cell.dataset)
+    return None
+
+
+def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, reruns: dict,
+               only: list[str] | None, data_path: str | None, jobs: int) -> None:
+    """Run ``todo`` with up to ``jobs`` cells at a time (each its own process), in order, a cell starting
+    once the teacher cells it needs have ended; store each cell as it ends. Ctrl-C stops the running cells
+    (their epoch checkpoints stay for ``--resume=auto``) and re-raises KeyboardInterrupt."""
+    import concurrent.futures as cf
+
+    needs = {c.id: _needs(c, todo) for c in todo}
+    pending, running, ended, ran = list(todo), {}, set(), []
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while pending or running:
+                busy = {_exclusive(c) for c, _ in running.values()} - {None}
+                for c in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if needs[c.id] - ended or (_exclusive(c) is not None and _exclusive(c) in busy):
+                        continue
+                    pending.remove(c)
+                    busy.add(_exclusive(c))
+                    n = len(todo) - len(pending) - 1
+                    left = [estimate_minutes(x, records) for x in [c, *pending]]
+                    if all(e is not None for e in left):
+                        eta = sum(left) / min(jobs, len(left))
+                    elif ran:
+                        eta = statistics.mean(ran) / 60 * len(left) / min(jobs, len(left))
+                    else:
+                        eta = None
+                    progress = (f"{n}/{len(todo)} selected cells run" if only else
+                                f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
+                    if c.id in reruns and (c.dataset, c.label, c.seed) in records:
+                        print(f"[bench] teacher cell {c.id} is finished but its checkpoint is not on this machine "
+                              "(checkpoints are not committed): running it again for the distilled cells", flush=True)
+                    also = f" ({len(running) + 1} running)" if jobs > 1 else ""
+                    print(f"[bench] {progress} · running {c.id}{also} · ETA {_fmt_minutes(eta)}", flush=True)
+                    running[pool.submit(run_cell, c, out, dict(records), data_path)] = (c, time.perf_counter())
+                if not running:  # cannot happen: a cell's needs are in todo before it
+                    raise RuntimeError(f"bench: no cell can start; waiting: {[c.id for c in pending]}")
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    c, t0 = running.pop(fut)
+                    ran.append(time.perf_counter() - t0)
+                    ended.add(c.id)
+                    rec = fut.result()
+                    if rec["status"] == "ok":
+                        _write_json(os.path.join(out, "cells", c.id + ".json"), rec)
+                        failed = os.path.join(out, "cells", c.id + ".failed.json")
+                        if os.path.exists(failed):
+                            os.unlink(failed)
+                        records[(c.dataset, c.label, c.seed)] = rec
+                        if jobs > 1:
+                            print(f"[bench] finished {c.id} in {_fmt_minutes(rec['wall_seconds'] / 60)}", flush=True)
+                    else:
+                        _write_json(os.path.join(out, "cells", c.id + ".failed.json"), rec)
+                        print(f"[bench] cell {c.id} failed: {rec.get('error')}", file=sys.stderr, flush=True)
+        except BaseException:
+            for proc in list(_LIVE):  # the cells' processes: interrupted like a Ctrl-C in a terminal would
+                proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 10  # then killed: a cell ends within seconds of a SIGINT
+            for proc in list(_LIVE):
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_only: bool = False,
-              only: list[str] | None = None, data_path: str | None = None) -> int:
+              only: list[str] | None = None, data_path: str | None = None, jobs: int = 1) -> int:
     suite = load_suite(path)
     cells = expand(suite)
     out = output_dir(suite, out)
@@ -413,34 +514,8 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
         return 0
     if not render_only:
         os.makedirs(os.path.join(out, "cells"), exist_ok=True)
-        ran = []  # wall seconds of the cells run now
         try:
-            for n, c in enumerate(todo):
-                left = [estimate_minutes(x, records) for x in todo[n:]]
-                if all(e is not None for e in left):
-                    eta = sum(left)
-                elif ran:
-                    eta = statistics.mean(ran) / 60 * len(left)
-                else:
-                    eta = None
-                progress = (f"{n}/{len(todo)} selected cells run" if only else
-                            f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
-                if c.id in reruns and (c.dataset, c.label, c.seed) in records:
-                    print(f"[bench] teacher cell {c.id} is finished but its checkpoint is not on this machine "
-                          "(checkpoints are not committed): running it again for the distilled cells", flush=True)
-                print(f"[bench] {progress} · running {c.id} · ETA {_fmt_minutes(eta)}", flush=True)
-                t0 = time.perf_counter()
-                rec = run_cell(c, out, records, data_path)
-                ran.append(time.perf_counter() - t0)
-                if rec["status"] == "ok":
-                    _write_json(os.path.join(out, "cells", c.id + ".json"), rec)
-                    failed = os.path.join(out, "cells", c.id + ".failed.json")
-                    if os.path.exists(failed):
-                        os.unlink(failed)
-                    records[(c.dataset, c.label, c.seed)] = rec
-                else:
-                    _write_json(os.path.join(out, "cells", c.id + ".failed.json"), rec)
-                    print(f"[bench] cell {c.id} failed: {rec.get('error')}", file=sys.stderr, flush=True)
+            _run_cells(todo, cells, records, out, reruns, only, data_path, jobs)
         except KeyboardInterrupt:
             print("[bench] interrupted: finished cells are stored; run the same command again to resume",
                   file=sys.stderr)
@@ -716,10 +791,15 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", metavar="PATTERN",
                     help="run only cells whose label, model, dataset or id matches this shell pattern "
                          "(repeatable; e.g. --only 'MF*' --only '*shared_tokens*'); the report still lists every row")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run up to N cells at a time, each its own process (e.g. on a GPU machine, or one per core "
+                         "with OMP_NUM_THREADS=1); a distilled cell waits for its teacher cell; default 1")
     args = ap.parse_args(argv)
     try:
+        if args.jobs < 1:
+            raise SuiteError(f"--jobs {args.jobs}: give a number of cells to run at a time, 1 or more")
         return run_suite(args.suite, args.out, dry_run=args.dry_run, render_only=args.render_only, only=args.only,
-                         data_path=args.data_path)
+                         data_path=args.data_path, jobs=args.jobs)
     except SuiteError as exc:
         print(f"recbole-kd bench: error: {exc}", file=sys.stderr)
         return 2

@@ -139,8 +139,6 @@ def test_merge_refuses_cells_of_other_settings(tmp_path, capsys):
 def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):
     """The cell's ``machine.device`` is the device its run used (result.json, from config["device"]), not the
     one the bench process would pick: that is what the report's "(cuda)" marks rest on."""
-    import types
-
     from recbole_kd import bench
     from recbole_kd.bench import expand, load_suite, run_cell
     from recbole_kd.quick_start import machine_info
@@ -148,12 +146,12 @@ def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):
     assert machine_info("cpu")["device"] == "cpu" and "gpu" not in machine_info("cpu")
     cell = next(c for c in expand(load_suite(_suite(tmp_path))) if c.label == "MF-S")
 
-    def fake_run(args, cwd, **kwargs):  # what the cell's CLI writes on a GPU machine
+    def fake_run(args, cwd, log):  # what the cell's CLI writes on a GPU machine
         result_file = next(a.split("=", 1)[1] for a in args if a.startswith("--result_file="))
         with open(result_file, "w") as f:
             json.dump({"machine": {"device": "cuda", "gpu": "NVIDIA H200"}, "checkpoint": None}, f)
-        return types.SimpleNamespace(returncode=0, stderr="")
+        return 0, ""
 
-    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "_run_process", fake_run)
     rec = run_cell(cell, str(tmp_path / "out"), {})
     assert rec["status"] == "ok" and rec["machine"]["device"] == "cuda" and rec["machine"]["gpu"] == "NVIDIA H200"

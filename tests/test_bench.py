@@ -225,3 +225,85 @@ def test_data_path_option_reads_every_dataset_from_there_and_keeps_the_cells(tmp
     assert main([suite, "--out", str(out), "--dry-run"]) == 0
     assert "tiny__MF-S__seed2020" in (line := next(l for l in capsys.readouterr().out.splitlines() if "MF-S" in l)) \
         and " done " in line
+
+
+def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp_path, monkeypatch):
+    """--jobs N: at most N cells at a time; a distilled cell starts only after its teacher cell ended; cells
+    that train a shared model lazily (teacher zoo, transfer source) never run side by side."""
+    import threading
+
+    from recbole_kd import bench
+
+    suite = _suite(tmp_path, [
+        {"model": "SASRec-L", "group": "teacher"},
+        {"model": "SASRec-S", "group": "student"},
+        {"model": "KD-SASRec", "label": "KD (rrd)", "settings": {"kd_losses": {"rrd": 1.0}}, "teacher_from": "SASRec-L"},
+        {"model": "KD-SASRec", "label": "KD (soft)", "settings": {"kd_losses": {"soft": 1.0}}, "teacher_from": "SASRec-L"},
+        {"model": "KD-MF", "label": "KD-MF (zoo)"},
+        {"model": "KD-SASRec", "label": "KD (zoo)"},
+        {"model": "MF-S", "group": "student"},
+    ], seeds=(2020, 2021))
+    events, lock, live = [], threading.Lock(), set()
+    most = [0]
+
+    def fake_run_cell(cell, out, records, data_path=None):
+        with lock:
+            live.add(cell.id)
+            most[0] = max(most[0], len(live))
+            events.append(("start", cell.id, cell.label))
+            if cell.teacher_from:  # the teacher's record is there when the distilled cell starts
+                assert any(label == cell.teacher_from for (_, label, _) in records), cell.id
+            if bench._exclusive(cell):
+                assert not any(bench._exclusive(c) == bench._exclusive(cell) for c in cells if c.id in live - {cell.id})
+        time.sleep(0.3 if cell.label == "SASRec-L" else 0.05)
+        with lock:
+            live.discard(cell.id)
+            events.append(("end", cell.id, cell.label))
+        return {**cell.spec(), "id": cell.id, "status": "ok", "wall_seconds": 0.1, "result": {"test_result": {}}}
+
+    cells = bench.expand(bench.load_suite(suite))
+    monkeypatch.setattr(bench, "run_cell", fake_run_cell)
+    monkeypatch.setattr(bench, "render", lambda *a, **k: None)
+    assert bench.run_suite(suite, str(tmp_path / "out"), jobs=3) == 0
+    assert most[0] == 3  # side by side, never more than --jobs
+    started = [e[1] for e in events if e[0] == "start"]
+    assert sorted(started) == sorted(c.id for c in cells) and len(started) == len(set(started))
+    teacher_end = events.index(("end", "tiny__SASRec-L__seed2020", "SASRec-L"))
+    for i, (kind, _, label) in enumerate(events):
+        if kind == "start" and label.startswith("KD (") and label != "KD (zoo)":
+            assert i > teacher_end
+    assert started.index("tiny__SASRec-S__seed2020") < teacher_end  # independent cells do not wait
+    assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == len(cells)
+    from recbole_kd.bench import main
+
+    assert main([suite, "--jobs", "0"]) == 2
+
+
+def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
+    suite = _suite(tmp_path, [
+        {"model": "SASRec-L", "group": "teacher"},
+        {"model": "KD-SASRec", "label": "KD (soft)", "settings": {"kd_losses": {"soft": 1.0}}, "teacher_from": "SASRec-L"},
+        {"model": "MF-S", "group": "student"},
+    ])
+    out = tmp_path / "out"
+    proc = _bench(suite, "--out", str(out), "--jobs", "2", cwd=tmp_path)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-2000:]
+    cells = {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+    assert set(cells) == {"SASRec-L", "KD (soft)", "MF-S"} and cells["KD (soft)"]["result"]["teacher_source"] == "checkpoint"
+    assert "(2 running)" in stdout  # MF-S ran beside the teacher
+    # Ctrl-C (SIGINT to the bench alone) stops the cells it started, too: none is left running
+    for p in (out / "cells").glob("*.json"):
+        p.unlink()
+    shutil.rmtree(out / "work")
+    proc = _bench(suite, "--out", str(out), "--jobs", "2", cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and "(2 running)" not in (line := proc.stdout.readline()):
+        assert line or proc.poll() is None
+    time.sleep(2)
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr
+    left = subprocess.run(["pgrep", "-f", f"--checkpoint_dir={out}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout
