@@ -128,12 +128,13 @@ def set_rng_state(state: dict, generators=()) -> None:
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    # a checkpoint loaded with map_location=<cuda device> has its RNG states there: every setter takes CPU bytes
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
     for g, s in zip(generators, state.get("generators", [])):
-        g.set_state(s)
+        g.set_state(s.cpu())
     if torch.cuda.is_available() and "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = None) -> dict:

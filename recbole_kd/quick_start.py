@@ -247,12 +247,17 @@ def latency_batch(model, test_data, n_users: int = 256):
 def measure_latency(model, interaction, reps: int = 5) -> float:
     """Median seconds of one full-sort scoring pass (all items) for the batch."""
     model.eval()
-    interaction = interaction.to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    interaction = interaction.to(device)
+    # CUDA calls return before the work is done: wait for it, or the timer measures kernel launches
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     model.full_sort_predict(interaction)  # warm-up
+    sync()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         model.full_sort_predict(interaction)
+        sync()
         times.append(time.perf_counter() - t)
     times.sort()
     return times[len(times) // 2]

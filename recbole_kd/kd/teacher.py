@@ -59,7 +59,9 @@ def _all_ranks(flag: bool) -> bool:
     """True only if ``flag`` holds on every rank (one process: ``flag``)."""
     if not (dist.is_available() and dist.is_initialized()):
         return flag
-    t = torch.tensor([int(flag)])
+    from recbole_kd.distributed import comm_device
+
+    t = torch.tensor([int(flag)], device=comm_device())  # nccl reduces CUDA tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
 
