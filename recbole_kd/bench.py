@@ -473,7 +473,6 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
             raise
 
 
-
 def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_only: bool = False,
               only: list[str] | None = None, data_path: str | None = None, jobs: int = 1) -> int:
     suite = load_suite(path)
