@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, load_checkpoint
+from recbole_kd.distributed import comm_device
 
 # settings of the student's run that the teacher shares (data and device, never model size)
 SHARED_KEYS = (
@@ -59,8 +60,6 @@ def _all_ranks(flag: bool) -> bool:
     """True only if ``flag`` holds on every rank (one process: ``flag``)."""
     if not (dist.is_available() and dist.is_initialized()):
         return flag
-    from recbole_kd.distributed import comm_device
-
     t = torch.tensor([int(flag)], device=comm_device())  # nccl reduces CUDA tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
