@@ -7,6 +7,12 @@ machine load and the ratio is trustworthy.
 
     python benchmarks/latency.py --dataset ml-100k
     python benchmarks/latency.py --dataset amazon-beauty-5core --data_path ../shared/datasets
+
+A bench suite's cells (their checkpoints under ``benchmarks/results/<suite>/work``, which a run of
+the suite leaves on the machine that ran it):
+
+    python benchmarks/latency.py --suite ml-1m --dataset ml-1m --data_path ../shared/datasets \
+        --cells ml-1m__SASRec-L__seed2020 ml-1m__KD-SASRec_rrd__seed2020
 """
 from __future__ import annotations
 
@@ -23,9 +29,12 @@ from common import RESULTS, write_outputs
 
 def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
     """(label, model on the CPU, test loader) of a cell's checkpoint, or of the ensemble teacher of
-    kd_benchmark.py --teacher_seeds (a cell with ``checkpoints``)."""
+    kd_benchmark.py --teacher_seeds (a cell with ``checkpoints``); a bench suite's cell keeps its
+    checkpoint in ``result``."""
     from recbole_kd.kd.teacher import load_checkpoints
 
+    if "result" in cell:
+        cell = cell["result"]
     paths = [os.path.join(out, p) for p in cell["checkpoints"]] if "checkpoints" in cell else \
         os.path.join(out, cell["checkpoint"])
     overrides = {"state": "WARNING"}
@@ -52,6 +61,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--data_path", default=None)
+    ap.add_argument("--suite", default=None,
+                    help="read the cells of benchmarks/results/<suite> (a bench suite) instead of kd_<dataset>")
     ap.add_argument("--cells", nargs="+", default=["teacher", "student-seed2020"],
                     help="cells of benchmarks/results/kd_<dataset>/cells to time (first: the reference)")
     ap.add_argument("--reps", type=int, default=30)
@@ -60,7 +71,7 @@ def main():
     torch.set_num_threads(args.threads)
     from recbole_kd.quick_start import latency_batch
 
-    out = os.path.join(RESULTS, f"kd_{args.dataset}")
+    out = os.path.join(RESULTS, args.suite or f"kd_{args.dataset}")
     models, params, batch = {}, {}, None
     for name in args.cells:
         path = os.path.join(out, "cells", name + ".json")
@@ -83,7 +94,8 @@ def main():
         lines.append(f"| {name} | {params[name]:,} | {t['median_ms']:.1f} | {t['min_ms']:.1f} | "
                      f"{timing[ref]['median_ms'] / t['median_ms']:.2f} |")
     report = "\n".join(lines)
-    write_outputs(f"latency_{args.dataset}", {"timing": timing, "params": params, "users": len(batch),
+    name = f"latency_{args.dataset}" if args.suite in (None, args.dataset) else f"latency_{args.suite}_{args.dataset}"
+    write_outputs(name, {"timing": timing, "params": params, "users": len(batch),
                                               "args": vars(args)}, report)
     print(report)
 

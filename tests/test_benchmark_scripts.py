@@ -36,7 +36,7 @@ def test_test_item_stats_counts_unseen_and_text_items(tmp_path):
     assert got == {"test_users": 10, "unseen_full": 0.5, "unseen_20": 1.0, "with_text": 0.5}
 
 
-def test_latency_loads_a_cell_and_an_ensemble_cell(tiny_data, workdir, tmp_path):
+def test_latency_loads_a_cell_an_ensemble_cell_and_a_bench_cell(tiny_data, workdir, tmp_path):
     import torch
     from latency import load_model
 
@@ -49,8 +49,10 @@ def test_latency_loads_a_cell_and_an_ensemble_cell(tiny_data, workdir, tmp_path)
         ckpts.append(os.path.relpath(res["checkpoint"], tmp_path))
     single = load_model({"checkpoint": ckpts[0]}, str(tmp_path), "tiny", tiny_data)
     ensemble = load_model({"checkpoints": ckpts}, str(tmp_path), "tiny", tiny_data)
-    assert single[0] == "SASRec-L" and ensemble[0] == "ensemble(SASRec-L x2)"
-    for _, model, test in (single, ensemble):
+    bench_cell = load_model({"id": "c", "result": {"checkpoint": ckpts[1]}}, str(tmp_path), "tiny", tiny_data)
+    assert single[0] == "SASRec-L" and ensemble[0] == "ensemble(SASRec-L x2)" and bench_cell[0] == "SASRec-L"
+    assert not torch.equal(single[1].item_embedding.weight, bench_cell[1].item_embedding.weight)  # seed 2's
+    for _, model, test in (single, ensemble, bench_cell):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
         batch = latency_batch(model, test)
         with torch.no_grad():
