@@ -9,6 +9,12 @@ distillation epoch: its top-K is computed once, before the first epoch, and repo
     OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset amazon-beauty-5core --data_path ../shared/datasets \
         --student_set hidden_size=32 inner_size=64
     OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset ml-100k --student MF-S
+
+With a trained teacher (e.g. a bench suite's teacher cell) and one teacher cache shared by the runs:
+
+    OMP_NUM_THREADS=1 python benchmarks/kd_epoch_cost.py --dataset ml-1m --data_path ../shared/datasets \
+        --teacher_checkpoint benchmarks/results/ml-1m/work/ml-1m__SASRec-L__seed2020/saved/SASRec-L-....pth \
+        --student_set hidden_size=32 inner_size=64 MAX_ITEM_LIST_LENGTH=200 --losses soft rrd --epochs 1 --share_cache
 """
 from __future__ import annotations
 
@@ -32,6 +38,10 @@ def main():
     ap.add_argument("--teacher", default="SASRec-L")
     ap.add_argument("--teacher_epochs", type=int, default=1)
     ap.add_argument("--teacher_set", nargs="*", help="key=value settings for the teacher")
+    ap.add_argument("--teacher_checkpoint", default=None, help="a trained teacher (skips training one)")
+    ap.add_argument("--share_cache", action="store_true",
+                    help="one on-disk teacher cache (kd_cache_dir) for every run: built by the first run "
+                         "that needs it, loaded by the others")
     ap.add_argument("--student_set", nargs="*", help="key=value settings for the student (alone and distilled)")
     ap.add_argument("--losses", nargs="+", default=LOSSES + ["rrd+hint"], help="KD losses; a+b combines them")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per timed run")
@@ -42,9 +52,17 @@ def main():
     if args.data_path:
         common["data_path"] = os.path.abspath(args.data_path)
     work = tempfile.mkdtemp(prefix="kd-epoch-cost-")
-    teacher = run_cell(args.teacher, args.dataset, os.path.join(work, "teacher"), epochs=args.teacher_epochs,
-                       **common, **parse_sets(args.teacher_set))
-    ckpt = os.path.join(work, "teacher", teacher["checkpoint"])
+    if args.teacher_checkpoint:
+        if not os.path.isfile(args.teacher_checkpoint):
+            raise SystemExit(f"kd_epoch_cost.py: --teacher_checkpoint {args.teacher_checkpoint}: no such file")
+        ckpt = os.path.abspath(args.teacher_checkpoint)
+        teacher = {"model": args.teacher, "checkpoint": ckpt}
+    else:
+        teacher = run_cell(args.teacher, args.dataset, os.path.join(work, "teacher"), epochs=args.teacher_epochs,
+                           **common, **parse_sets(args.teacher_set))
+        ckpt = os.path.join(work, "teacher", teacher["checkpoint"])
+    if args.share_cache:
+        common["kd_cache_dir"] = os.path.join(work, "teacher-cache")
     student = parse_sets(args.student_set)
     configs = {"alone": (args.student, {})}
     for spec in args.losses:
@@ -62,28 +80,35 @@ def main():
         return statistics.median(res["train_seconds_per_epoch"] for res in runs[name])
 
     base = per_epoch("alone")
+    if args.teacher_checkpoint:  # its size, as the distilled runs report it
+        teacher["num_params"] = next(r["teacher_num_params"] for n in runs if n != "alone" for r in runs[n])
+    trained = (f"checkpoint {os.path.relpath(ckpt)}" if args.teacher_checkpoint else f"{args.teacher_epochs} epoch(s)")
     rows, md = {}, []
     md += [
         f"# Cost of a distillation epoch on {args.dataset} (teacher top-K cached)",
         "",
-        f"Teacher {args.teacher} ({teacher['num_params']:,} parameters, {args.teacher_epochs} epoch(s); its quality "
+        f"Teacher {args.teacher} ({teacher['num_params']:,} parameters, {trained}; its quality "
         f"does not change the cost). Student {args.student} {student or '(defaults)'} "
         f"({runs['alone'][0]['num_params']:,} parameters). Each configuration trained {args.epochs} epochs, "
         f"{args.rounds} rounds, round-robin; median seconds per training epoch (the teacher cache is built once "
-        "before the first epoch and listed separately).",
+        "before the first epoch and listed separately"
+        + ("; one cache file shared by all runs: the build column is the run that computed it)." if args.share_cache
+           else ")."),
         "",
         "| configuration | s / epoch (median) | vs student alone | teacher cache build (s) | cache (MiB) |",
         "|---|---|---|---|---|",
     ]
     for name in configs:
         sec = per_epoch(name)
-        cache = [res.get("teacher_setup_seconds") for res in runs[name] if res.get("teacher_setup_seconds") is not None]
+        cache = [res.get("teacher_setup_seconds") for res in runs[name]
+                 if res.get("teacher_setup_seconds") is not None and not res.get("teacher_cache_loaded")]
         size = runs[name][0].get("teacher_cache_bytes")
         rows[name] = {
             "seconds_per_epoch": sec,
             "all_seconds_per_epoch": [res["train_seconds_per_epoch"] for res in runs[name]],
             "ratio_vs_alone": sec / base,
             "teacher_setup_seconds": statistics.median(cache) if cache else None,
+            "teacher_cache_builds": len(cache),  # runs that computed the cache (the others loaded it)
             "teacher_cache_bytes": size,
         }
         md.append(

@@ -182,3 +182,30 @@ def test_teacher_topk_reports_seen_items_raw_and_none_masked(tiny_data, tmp_path
     assert out["raw"]["seen_items_in_top_k_mean"] > 0 and out["mask_seen"]["seen_items_in_top_k_mean"] == 0
     assert out["mask_seen"]["top1_is_seen_item"] == 0 == out["mask_seen"]["top1_is_current_item"]
     assert "seen items masked" in (results / "teacher_topk_tiny.md").read_text()
+
+
+def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, workdir, tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    import common
+    import kd_epoch_cost
+
+    from recbole_kd.quick_start import run
+
+    teacher = run("SASRec-L", "tiny", overrides={"data_path": tiny_data, "epochs": 1, "show_progress": False,
+                                                 "state": "WARNING", "checkpoint_dir": str(tmp_path / "t")})
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
+    base = ["kd_epoch_cost.py", "--dataset", "tiny", "--data_path", tiny_data, "--losses", "soft", "--epochs", "1",
+            "--rounds", "2", "--name", "cost"]
+    monkeypatch.setattr(sys, "argv", base + ["--teacher_checkpoint", teacher["checkpoint"], "--share_cache"])
+    kd_epoch_cost.main()
+    out = json.loads((tmp_path / "results" / "cost.json").read_text())
+    assert set(out["rows"]) == {"alone", "kd:soft"}
+    assert all(len(r["all_seconds_per_epoch"]) == 2 for r in out["rows"].values())
+    assert out["rows"]["kd:soft"]["teacher_cache_builds"] == 1  # the second run loaded the first one's cache
+    assert out["teacher"]["num_params"] == teacher["num_params"] and out["teacher"]["epochs_run"] is None
+    monkeypatch.setattr(sys, "argv", base + ["--teacher_checkpoint", str(tmp_path / "missing.pth")])
+    with pytest.raises(SystemExit, match="no such file"):
+        kd_epoch_cost.main()
