@@ -11,12 +11,17 @@ machine load and the ratio is trustworthy.
 A bench suite's cells (their checkpoints under ``benchmarks/results/<suite>/work``, which a run of
 the suite leaves on the machine that ran it):
 
-    python benchmarks/latency.py --suite ml-1m --dataset ml-1m --data_path ../shared/datasets \
+    python benchmarks/latency.py --suite ml-1m --compare_attention --dataset ml-1m --data_path ../shared/datasets \
         --cells ml-1m__SASRec-L__seed2020 ml-1m__KD-SASRec_rrd__seed2020
+
+Any two checkpoints (timing does not depend on how well they are trained):
+
+    python benchmarks/latency.py --dataset ml-100k --compare_attention --checkpoints teacher=A.pth student=B.pth
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -44,6 +49,18 @@ def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
     return label, model.cpu(), test  # timed on the CPU
 
 
+def set_attention(model, fused: bool):
+    """The model with its transformer layers' fused inference attention on or off (None: it has none)."""
+    from recbole.model.layers import TransformerEncoder
+
+    from recbole_kd.models.attention import set_fused_attention
+
+    encoders = [m for m in model.modules() if isinstance(m, TransformerEncoder)]
+    for encoder in encoders:
+        set_fused_attention(encoder, fused)
+    return model if encoders else None
+
+
 @torch.no_grad()
 def interleaved(models: dict, batch, reps: int) -> dict:
     times = {k: [] for k in models}
@@ -65,23 +82,40 @@ def main():
                     help="read the cells of benchmarks/results/<suite> (a bench suite) instead of kd_<dataset>")
     ap.add_argument("--cells", nargs="+", default=["teacher", "student-seed2020"],
                     help="cells of benchmarks/results/kd_<dataset>/cells to time (first: the reference)")
+    ap.add_argument("--checkpoints", nargs="+", default=None, metavar="LABEL=PATH",
+                    help="time these checkpoints instead of cells (first: the reference)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compare_attention", action="store_true",
+                    help="also time every transformer cell with RecBole's attention (fused_attention: False), "
+                         "interleaved with the fused default")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from recbole_kd.quick_start import latency_batch
 
     out = os.path.join(RESULTS, args.suite or f"kd_{args.dataset}")
-    models, params, batch = {}, {}, None
+    models, params, batch, names = {}, {}, None, []
+    if args.checkpoints:
+        given = dict(c.split("=", 1) if "=" in c else (os.path.basename(c), c) for c in args.checkpoints)
+        args.cells = list(given)
     for name in args.cells:
-        path = os.path.join(out, "cells", name + ".json")
-        if name == "teacher" and not os.path.isfile(path):  # an ensemble teacher
-            path = os.path.join(out, "cells", "teacher-ensemble.json")
-        with open(path) as f:
-            cell = json.load(f)
+        if args.checkpoints:
+            cell = {"checkpoint": os.path.abspath(given[name])}
+        else:
+            path = os.path.join(out, "cells", name + ".json")
+            if name == "teacher" and not os.path.isfile(path):  # an ensemble teacher
+                path = os.path.join(out, "cells", "teacher-ensemble.json")
+            with open(path) as f:
+                cell = json.load(f)
         model_name, model, test = load_model(cell, out, args.dataset, args.data_path)
         models[name] = model
         params[name] = sum(p.numel() for p in model.parameters())
+        names.append(name)
+        if args.compare_attention and set_attention(model, True):
+            plain = f"{name} (RecBole attention)"
+            models[plain] = set_attention(copy.deepcopy(model), False)
+            params[plain] = params[name]
+            names.append(plain)
         if batch is None:
             batch = latency_batch(model, test)
     timing = interleaved(models, batch, args.reps)
@@ -89,10 +123,18 @@ def main():
     lines = [f"# Full-sort latency on {args.dataset}: {len(batch)} test users, all items, "
              f"{args.threads} torch thread(s), {args.reps} interleaved repetitions", "",
              f"| cell | parameters | median ms | min ms | {ref} median / this median |", "|---|---|---|---|---|"]
-    for name in args.cells:
+    for name in names:
         t = timing[name]
         lines.append(f"| {name} | {params[name]:,} | {t['median_ms']:.1f} | {t['min_ms']:.1f} | "
                      f"{timing[ref]['median_ms'] / t['median_ms']:.2f} |")
+    ref_plain = f"{ref} (RecBole attention)"
+    if ref_plain in timing:
+        lines += ["", f"{ref} over each cell, both timed with the same attention:", ""]
+        for name in args.cells[1:]:
+            plain = f"{name} (RecBole attention)"
+            if plain in timing:
+                lines.append(f"- {name}: fused {timing[ref]['median_ms'] / timing[name]['median_ms']:.2f}x, RecBole "
+                             f"attention {timing[ref_plain]['median_ms'] / timing[plain]['median_ms']:.2f}x")
     report = "\n".join(lines)
     name = f"latency_{args.dataset}" if args.suite in (None, args.dataset) else f"latency_{args.suite}_{args.dataset}"
     write_outputs(name, {"timing": timing, "params": params, "users": len(batch),

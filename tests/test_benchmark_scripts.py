@@ -52,6 +52,12 @@ def test_latency_loads_a_cell_an_ensemble_cell_and_a_bench_cell(tiny_data, workd
     bench_cell = load_model({"id": "c", "result": {"checkpoint": ckpts[1]}}, str(tmp_path), "tiny", tiny_data)
     assert single[0] == "SASRec-L" and ensemble[0] == "ensemble(SASRec-L x2)" and bench_cell[0] == "SASRec-L"
     assert not torch.equal(single[1].item_embedding.weight, bench_cell[1].item_embedding.weight)  # seed 2's
+    from latency import set_attention
+
+    assert set_attention(single[1], False) is single[1] and not single[1].trm_encoder.layer[0].multi_head_attention.fused
+    assert set_attention(ensemble[1], True) is ensemble[1]
+    flags = [m.fused for m in ensemble[1].modules() if hasattr(m, "fused")]
+    assert len(flags) == 4 and all(flags)  # 2 members x 2 layers
     for _, model, test in (single, ensemble, bench_cell):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
         batch = latency_batch(model, test)

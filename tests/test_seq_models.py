@@ -203,3 +203,65 @@ def test_contrastive_regulariser_trains_a_teacher_and_is_refused_for_a_kd_studen
     assert "cl_weight" not in run("SASRec-S", "tiny", overrides=common)["config"]  # off: not recorded
     with pytest.raises(ConfigError, match="cl_weight"):
         run("KD-SASRec", "tiny", overrides={**common, "cl_weight": 0.1, "teacher_config": {"hidden_size": 32}})
+
+
+@pytest.mark.parametrize("name", ["SASRec-S", "BERT4Rec-L"])
+def test_fused_attention_scores_like_recboles_and_trains_exactly_as_recbole(name, tmp_path):
+    """Evaluation goes through scaled_dot_product_attention: the same hidden states and full-sort
+    scores as RecBole's attention (float rounding). Training is RecBole's forward, dropout included."""
+    from conftest import write_tiny_dataset
+    from recbole.model.layers import MultiHeadAttention
+
+    from recbole_kd.config import build_config
+    from recbole_kd.models.attention import FusedMultiHeadAttention, set_fused_attention
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_entry
+
+    data = write_tiny_dataset(tmp_path, n_users=120, min_len=3, max_len=40)
+    cfg = build_config(name, "tiny", overrides={"data_path": data, "state": "WARNING", "MAX_ITEM_LIST_LENGTH": 30})
+    _, train, _, test = prepare(cfg)
+    model = get_entry(name).cls(cfg, train.dataset)
+    layers = [layer.multi_head_attention for layer in model.trm_encoder.layer]
+    assert all(type(a) is FusedMultiHeadAttention and a.fused for a in layers)
+    inter = test.dataset.inter_feat
+    seq, lens = inter[model.ITEM_SEQ], inter[model.ITEM_SEQ_LEN]
+    assert int(lens.min()) < 5 < int(lens.max())  # padded rows
+
+    def outputs(fused, training):
+        set_fused_attention(model.trm_encoder, fused)
+        model.train(training)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            return model.encode(seq[:, : int(lens.max())])
+
+    torch.testing.assert_close(outputs(True, False), outputs(False, False), rtol=1e-5, atol=1e-5)
+    # training: RecBole's own forward, the same dropout draws, bit for bit
+    assert torch.equal(outputs(True, True), outputs(False, True))
+    plain = MultiHeadAttention.forward
+    MultiHeadAttention.forward = lambda *a: (_ for _ in ()).throw(AssertionError("RecBole path used in eval"))
+    try:
+        outputs(True, False)  # evaluation never reaches RecBole's attention
+        with pytest.raises(AssertionError, match="RecBole path"):
+            outputs(True, True)
+        with pytest.raises(AssertionError, match="RecBole path"):
+            outputs(False, False)  # fused_attention: False
+    finally:
+        MultiHeadAttention.forward = plain
+    # full-sort scoring: the last layer runs at each row's scored position only, same numbers
+    def last(fused):
+        set_fused_attention(model.trm_encoder, fused)
+        model.eval()
+        with torch.no_grad():
+            return model.last_hidden(seq, lens)
+
+    shapes = []
+    hook = model.trm_encoder.layer[-1].feed_forward.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    fast, slow = last(True), last(False)
+    hook.remove()
+    assert shapes == [(len(seq), 1, model.hidden_size), (len(seq), seq.size(1), model.hidden_size)]
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    # the setting reaches the model; checkpoints keep RecBole's keys
+    off = get_entry(name).cls(build_config(name, "tiny", overrides={"data_path": data, "state": "WARNING",
+                                                                     "fused_attention": False}), train.dataset)
+    assert not any(layer.multi_head_attention.fused for layer in off.trm_encoder.layer)
+    assert set(off.state_dict()) == set(model.state_dict())

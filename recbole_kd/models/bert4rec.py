@@ -40,7 +40,7 @@ class FastBERT4Rec(TransformerSequentialModel):
 
     def last_hidden(self, item_seq, item_seq_len):
         seq, pos = self._append_mask(item_seq, item_seq_len)
-        return self.gather_indexes(self.encode(seq), pos)
+        return self.encode_at(seq, pos)
 
     def window_outputs(self, interaction):
         window = interaction[WINDOW_FIELD]

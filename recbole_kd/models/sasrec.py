@@ -15,6 +15,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_kd.fused import linear_cross_entropy
+from recbole_kd.models.attention import set_fused_attention
 from recbole_kd.models.windows import (
     OWN_FROM_FIELD,
     WINDOW_FIELD,
@@ -132,7 +133,11 @@ class WindowedSequentialModel(SequentialRecommender):
 
     def last_hidden(self, item_seq, item_seq_len):
         """Hidden state after each user's last item ([B, d]), one padded pass."""
-        return self.gather_indexes(self.encode(item_seq), item_seq_len - 1)
+        return self.encode_at(item_seq, item_seq_len - 1)
+
+    def encode_at(self, item_seq, index):
+        """Hidden state at one position per row ([B, d]); a subclass may compute less than ``encode``."""
+        return self.gather_indexes(self.encode(item_seq), index)
 
     # ---- training ---------------------------------------------------------------------------------
     def window_outputs(self, interaction):
@@ -252,6 +257,9 @@ class TransformerSequentialModel(WindowedSequentialModel):
             # exact (erf) GELU is the same function in one kernel (~2.5 s of a 19 s ml-100k epoch here)
             for layer in self.trm_encoder.layer:
                 layer.feed_forward.intermediate_act_fn = F.gelu
+        # full-sort scoring (evaluation, teacher outputs) through one fused attention kernel; training
+        # unchanged (recbole_kd/models/attention.py)
+        set_fused_attention(self.trm_encoder, config["fused_attention"] is not False)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         self.apply(self._init_weights)
@@ -267,14 +275,32 @@ class TransformerSequentialModel(WindowedSequentialModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
-    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """Hidden state at every position [B, L, d] (causal unless ``bidirectional``)."""
+    def encoder_inputs(self, item_seq: torch.Tensor):
+        """(embedded input [B, L, d], additive attention mask) of the transformer layers."""
         positions = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)
         items = self.item_embedding(item_seq) if self.text_adaptor is None else F.embedding(item_seq, self.item_table())
         x = items + self.position_embedding(positions).unsqueeze(0)
-        x = self.dropout(self.LayerNorm(x))
-        mask = self.get_attention_mask(item_seq, bidirectional=self.bidirectional)
+        return self.dropout(self.LayerNorm(x)), self.get_attention_mask(item_seq, bidirectional=self.bidirectional)
+
+    def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """Hidden state at every position [B, L, d] (causal unless ``bidirectional``)."""
+        x, mask = self.encoder_inputs(item_seq)
         return self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
+
+    def encode_at(self, item_seq, index):
+        """Hidden state at ``index[b]`` of each row. Outside training (with ``fused_attention``) the last
+        layer runs for those positions only: its attention reads every position's keys and values, but
+        only one query, and its feed-forward one position, per row (the same numbers as ``encode``)."""
+        last = self.trm_encoder.layer[-1]
+        attention = last.multi_head_attention
+        if self.training or not getattr(attention, "fused", False):
+            return super().encode_at(item_seq, index)
+        x, mask = self.encoder_inputs(item_seq)
+        for layer in self.trm_encoder.layer[:-1]:
+            x = layer(x, mask)
+        rows = torch.arange(x.size(0), device=x.device)
+        row_mask = mask[rows, :, index].unsqueeze(2) if mask.size(2) > 1 else mask  # [B, 1, 1, L]
+        return last.feed_forward(attention.attend(x[rows, index].unsqueeze(1), x, row_mask)).squeeze(1)
 
 
 class FastSASRec(TransformerSequentialModel):
