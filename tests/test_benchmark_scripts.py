@@ -215,3 +215,27 @@ def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, work
     monkeypatch.setattr(sys, "argv", base + ["--teacher_checkpoint", str(tmp_path / "missing.pth")])
     with pytest.raises(SystemExit, match="no such file"):
         kd_epoch_cost.main()
+
+
+def test_latency_times_given_checkpoints_with_and_without_fused_attention(tiny_data, workdir, tmp_path, monkeypatch):
+    import json
+
+    import common
+    import latency
+
+    from recbole_kd.quick_start import run
+
+    paths = {}
+    for model in ("SASRec-L", "MF-S"):
+        paths[model] = run(model, "tiny", overrides={"data_path": tiny_data, "epochs": 1, "show_progress": False,
+                                                     "state": "WARNING", "checkpoint_dir": str(tmp_path / model)})["checkpoint"]
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(sys, "argv", ["latency.py", "--dataset", "tiny", "--data_path", tiny_data, "--reps", "2",
+                                      "--compare_attention", "--checkpoints", f"t={paths['SASRec-L']}",
+                                      f"s={paths['MF-S']}"])
+    latency.main()
+    out = json.loads((tmp_path / "results" / "latency_tiny.json").read_text())
+    # the transformer is timed both ways; MF has no attention, so once
+    assert sorted(out["timing"]) == ["s", "t", "t (RecBole attention)"]
+    md = (tmp_path / "results" / "latency_tiny.md").read_text()
+    assert "| t (RecBole attention) |" in md and "| s |" in md
