@@ -50,6 +50,13 @@ def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
+def fail(message: str):
+    """Bad input to a benchmark script: one line on stderr (the script's name, then what is wrong) and
+    exit status 2; nothing has been written yet."""
+    print(f"{os.path.basename(sys.argv[0])}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_cell(model, dataset, workdir, **overrides) -> dict:
     """One training run through recbole_kd.quick_start.run (the CLI's path), in ``workdir``."""
     from recbole_kd.quick_start import run

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 
-from common import RESULTS, mean_std, run_cell, write_outputs
+from common import RESULTS, fail, mean_std, run_cell, write_outputs
 
 from recbole_kd.kd.teacher import distilled_from_raw_top_k
 
@@ -37,7 +37,7 @@ def cell_spec(cell, args):
         return "MF-S", {}
     if cell == "kd-mf":
         return "KD-MF", {"kd_losses": ast.literal_eval(args.mf_losses)}
-    raise SystemExit(f"unknown cell {cell!r}")
+    fail(f"unknown cell {cell!r}")
 
 
 def parse_sets(pairs):
@@ -97,11 +97,11 @@ def main():
             with open(path) as f:
                 stored = json.load(f)
             if "requested" in stored and stored["requested"] != requested:  # cells from before it: not checked
-                raise SystemExit(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
+                fail(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
                                  "delete it or use another --out")
             if (not args.render_only and bool(overrides.get("kd_mask_seen", True))
                     and distilled_from_raw_top_k(model, stored)):
-                raise SystemExit(f"{path} was distilled from the teacher's raw top-K (before kd_mask_seen); "
+                fail(f"{path} was distilled from the teacher's raw top-K (before kd_mask_seen); "
                                  "delete it or use another --out")
             return stored
         if args.render_only:
@@ -119,9 +119,9 @@ def main():
 
     if args.train_member is not None:
         if args.render_only:
-            raise SystemExit("--train_member trains a member; it cannot be combined with --render_only")
+            fail("--train_member trains a member; it cannot be combined with --render_only")
         if len(args.teacher_seeds) < 2 or args.train_member not in args.teacher_seeds:
-            raise SystemExit(f"--train_member {args.train_member}: not one of the ensemble's --teacher_seeds "
+            fail(f"--train_member {args.train_member}: not one of the ensemble's --teacher_seeds "
                              f"{args.teacher_seeds} (a single teacher is trained by a normal run)")
         member = cached_run(f"teacher-seed{args.train_member}", args.teacher, seed=args.train_member,
                             **parse_sets(args.teacher_set))
@@ -131,7 +131,7 @@ def main():
     if len(args.teacher_seeds) == 1:
         teacher = cached_run("teacher", args.teacher, seed=args.teacher_seeds[0], **parse_sets(args.teacher_set))
         if teacher is None:
-            raise SystemExit(f"--render_only: no teacher cell in {cells_dir}")
+            fail(f"--render_only: no teacher cell in {cells_dir}")
         teacher_ckpt = os.path.join(out, teacher["checkpoint"])
         members = []
         teacher_fp = [fingerprint(teacher)]
@@ -139,13 +139,13 @@ def main():
         members = [cached_run(f"teacher-seed{s}", args.teacher, seed=s, **parse_sets(args.teacher_set))
                    for s in args.teacher_seeds]
         if any(m is None for m in members):
-            raise SystemExit(f"--render_only: teacher members missing in {cells_dir}")
+            fail(f"--render_only: teacher members missing in {cells_dir}")
         teacher_ckpt = [os.path.join(out, m["checkpoint"]) for m in members]
         teacher_fp = [fingerprint(m) for m in members]
         teacher = ensemble_cell(os.path.join(cells_dir, "teacher-ensemble.json"), args, teacher_ckpt, members, common)
     for path in [teacher_ckpt] if isinstance(teacher_ckpt, str) else teacher_ckpt:
         if not args.render_only and not os.path.isfile(path):
-            raise SystemExit(f"teacher checkpoint {path} is missing (git-ignored, lost with a fresh checkout); "
+            fail(f"teacher checkpoint {path} is missing (git-ignored, lost with a fresh checkout); "
                              f"delete {cells_dir}/teacher*.json to retrain the teacher (cells distilled from it are kept "
                              f"if the retrained teacher reproduces its stored results exactly), or use another --out")
     rows = {}
@@ -161,7 +161,7 @@ def main():
                 for s in args.seeds]
         for r in runs:
             if r is not None and model.startswith("KD-") and not same_teacher(r, teacher_fp, teacher_ckpt, out):
-                raise SystemExit(f"cell {r['cell']} was distilled from another teacher ({r.get('teacher_checkpoint')}); "
+                fail(f"cell {r['cell']} was distilled from another teacher ({r.get('teacher_checkpoint')}); "
                                  f"delete it or use another --out")
         runs = [r for r in runs if r is not None]
         if runs:
@@ -206,7 +206,7 @@ def ensemble_cell(path, args, checkpoints, members, common):
         if stored.get("checkpoints") == rel:
             return stored
         if args.render_only:
-            raise SystemExit(f"{path} holds another ensemble ({stored.get('checkpoints')}); run without --render_only")
+            fail(f"{path} holds another ensemble ({stored.get('checkpoints')}); run without --render_only")
     from recbole_kd.kd.teacher import evaluate_checkpoints
 
     res = evaluate_checkpoints(args.dataset, checkpoints, common)  # the data/evaluation settings every cell has

@@ -23,7 +23,7 @@ import os
 import statistics
 import tempfile
 
-from common import run_cell, write_outputs
+from common import fail, run_cell, write_outputs
 from kd_benchmark import parse_sets
 
 LOSSES = ["hard", "soft", "rd", "rrd", "hint"]
@@ -54,7 +54,7 @@ def main():
     work = tempfile.mkdtemp(prefix="kd-epoch-cost-")
     if args.teacher_checkpoint:
         if not os.path.isfile(args.teacher_checkpoint):
-            raise SystemExit(f"kd_epoch_cost.py: --teacher_checkpoint {args.teacher_checkpoint}: no such file")
+            fail(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file")
         ckpt = os.path.abspath(args.teacher_checkpoint)
         teacher = {"model": args.teacher, "checkpoint": ckpt}
     else:

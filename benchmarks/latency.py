@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from common import RESULTS, write_outputs
+from common import RESULTS, fail, write_outputs
 
 
 def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
@@ -51,14 +51,9 @@ def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
 
 def set_attention(model, fused: bool):
     """The model with its transformer layers' fused inference attention on or off (None: it has none)."""
-    from recbole.model.layers import TransformerEncoder
-
     from recbole_kd.models.attention import set_fused_attention
 
-    encoders = [m for m in model.modules() if isinstance(m, TransformerEncoder)]
-    for encoder in encoders:
-        set_fused_attention(encoder, fused)
-    return model if encoders else None
+    return model if set_fused_attention(model, fused) else None
 
 
 @torch.no_grad()
@@ -100,6 +95,8 @@ def main():
         args.cells = list(given)
     for name in args.cells:
         if args.checkpoints:
+            if not os.path.isfile(given[name]):
+                fail(f"--checkpoints {name}={given[name]}: no such file")
             cell = {"checkpoint": os.path.abspath(given[name])}
         else:
             path = os.path.join(out, "cells", name + ".json")

@@ -112,7 +112,8 @@ def test_kd_benchmark_keeps_cells_of_a_reproduced_teacher_only():
     assert not same_teacher(legacy, ["anything"], "/x/kd/" + retrained["checkpoint"], out)
 
 
-def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_settings(tiny_data, tmp_path, monkeypatch):
+def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_settings(tiny_data, tmp_path, monkeypatch,
+                                                                                  capsys):
     import pytest
 
     import common
@@ -130,8 +131,10 @@ def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_setting
     assert sorted(os.listdir(results)) == ["kd-d16.json", "kd-d16.md"]
     assert sorted(os.listdir(out / "cells")) == ["student-seed1.json", "teacher.json"]
     monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=32", "inner_size=64"])
-    with pytest.raises(SystemExit, match="other settings"):  # the stored student is d=16: not reused as d=32
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # the stored student is d=16: not reused as d=32
         kd_benchmark.main()
+    assert exit_.value.code == 2 and "other settings" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only"])
     kd_benchmark.main()  # the same request reuses it
     # a folder rendered for the first time from cells trained elsewhere says how they were trained
@@ -190,7 +193,7 @@ def test_teacher_topk_reports_seen_items_raw_and_none_masked(tiny_data, tmp_path
     assert "seen items masked" in (results / "teacher_topk_tiny.md").read_text()
 
 
-def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, workdir, tmp_path, monkeypatch):
+def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, workdir, tmp_path, monkeypatch, capsys):
     import json
 
     import pytest
@@ -213,12 +216,16 @@ def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, work
     assert out["rows"]["kd:soft"]["teacher_cache_builds"] == 1  # the second run loaded the first one's cache
     assert out["teacher"]["num_params"] == teacher["num_params"] and out["teacher"]["epochs_run"] is None
     monkeypatch.setattr(sys, "argv", base + ["--teacher_checkpoint", str(tmp_path / "missing.pth")])
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(SystemExit) as exit_:
         kd_epoch_cost.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.endswith("missing.pth: no such file") and "\n" not in err
 
 
 def test_latency_times_given_checkpoints_with_and_without_fused_attention(tiny_data, workdir, tmp_path, monkeypatch):
     import json
+
+    import pytest
 
     import common
     import latency
@@ -239,3 +246,8 @@ def test_latency_times_given_checkpoints_with_and_without_fused_attention(tiny_d
     assert sorted(out["timing"]) == ["s", "t", "t (RecBole attention)"]
     md = (tmp_path / "results" / "latency_tiny.md").read_text()
     assert "| t (RecBole attention) |" in md and "| s |" in md
+    before = md
+    monkeypatch.setattr(sys, "argv", ["latency.py", "--dataset", "tiny", "--checkpoints", f"t={tmp_path / 'no.pth'}"])
+    with pytest.raises(SystemExit) as exit_:
+        latency.main()
+    assert exit_.value.code == 2 and (tmp_path / "results" / "latency_tiny.md").read_text() == before

@@ -40,9 +40,11 @@ class FusedMultiHeadAttention(MultiHeadAttention):
         return self.LayerNorm(self.dense(context) + queries)
 
 
-def set_fused_attention(encoder, enabled: bool = True) -> None:
-    """Give every layer of a RecBole ``TransformerEncoder`` the fused inference path (or take it away)."""
-    for layer in encoder.layer:
-        attention = layer.multi_head_attention
+def set_fused_attention(module, enabled: bool = True) -> int:
+    """Give every RecBole attention layer inside ``module`` (an encoder, a model, an ensemble) the fused
+    inference path, or take it away; returns how many layers it set."""
+    layers = [m for m in module.modules() if isinstance(m, MultiHeadAttention)]
+    for attention in layers:
         attention.__class__ = FusedMultiHeadAttention
         attention.fused = bool(enabled)
+    return len(layers)

@@ -293,7 +293,7 @@ class TransformerSequentialModel(WindowedSequentialModel):
         only one query, and its feed-forward one position, per row (the same numbers as ``encode``)."""
         last = self.trm_encoder.layer[-1]
         attention = last.multi_head_attention
-        if self.training or not getattr(attention, "fused", False):
+        if self.training or not attention.fused:
             return super().encode_at(item_seq, index)
         x, mask = self.encoder_inputs(item_seq)
         for layer in self.trm_encoder.layer[:-1]:
