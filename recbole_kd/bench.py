@@ -24,7 +24,7 @@ Suite file::
         group: teacher                  # baseline | teacher | student | distilled | transfer
         seeds: [2020]                   # default: the suite's seeds
         settings: {hidden_size: 128}
-        minutes: 5                      # estimate for --dry-run until a cell has run
+        minutes: 5                      # estimate for --dry-run until a cell has run ({dataset: minutes} too)
       - model: SASRec-S
         group: student
       - model: KD-SASRec
@@ -151,10 +151,12 @@ def expand(suite: dict) -> list[Cell]:
             if entry.get("datasets") and ds not in entry["datasets"]:
                 continue
             reason = skip.get(ds) if isinstance(skip, dict) else skip
+            minutes = entry.get("minutes")
+            minutes = minutes.get(ds) if isinstance(minutes, dict) else minutes
             for seed in entry.get("seeds") or seeds:
                 settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
                 cells.append(Cell(ds, label, entry["model"], group, int(seed), settings, entry.get("teacher_from"),
-                                  entry.get("student_ref"), reason, entry.get("minutes"), i))
+                                  entry.get("student_ref"), reason, minutes, i))
     for c in cells:
         if c.teacher_from and c.teacher_from not in labels:
             raise SuiteError(f"{where}: {c.label} has teacher_from {c.teacher_from!r}, which is no model's label")

@@ -307,3 +307,21 @@ def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
     assert "interrupted" in stderr
     left = subprocess.run(["pgrep", "-f", f"--checkpoint_dir={out}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", left.stdout
+
+
+def test_minutes_and_skip_per_dataset(tmp_path):
+    """``minutes`` and ``skip`` take one value for every dataset or a {dataset: value} map."""
+    import yaml
+
+    from recbole_kd.bench import expand, load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1], "datasets": {"a": {}, "b": {}},
+        "models": [{"model": "SASRec-S", "minutes": {"a": 25, "b": 200}, "skip": {"b": "too slow"}},
+                   {"model": "MF-S", "minutes": 2}],
+    }))
+    cells = {(c.dataset, c.model): c for c in expand(load_suite(str(path)))}
+    assert cells["a", "SASRec-S"].minutes == 25 and cells["b", "SASRec-S"].minutes == 200
+    assert cells["a", "SASRec-S"].skip is None and cells["b", "SASRec-S"].skip == "too slow"
+    assert cells["a", "MF-S"].minutes == 2 and cells["b", "MF-S"].minutes == 2
