@@ -98,11 +98,11 @@ def main():
                 stored = json.load(f)
             if "requested" in stored and stored["requested"] != requested:  # cells from before it: not checked
                 fail(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
-                                 "delete it or use another --out")
+                     "delete it or use another --out")
             if (not args.render_only and bool(overrides.get("kd_mask_seen", True))
                     and distilled_from_raw_top_k(model, stored)):
                 fail(f"{path} was distilled from the teacher's raw top-K (before kd_mask_seen); "
-                                 "delete it or use another --out")
+                     "delete it or use another --out")
             return stored
         if args.render_only:
             return None
@@ -122,7 +122,7 @@ def main():
             fail("--train_member trains a member; it cannot be combined with --render_only")
         if len(args.teacher_seeds) < 2 or args.train_member not in args.teacher_seeds:
             fail(f"--train_member {args.train_member}: not one of the ensemble's --teacher_seeds "
-                             f"{args.teacher_seeds} (a single teacher is trained by a normal run)")
+                 f"{args.teacher_seeds} (a single teacher is trained by a normal run)")
         member = cached_run(f"teacher-seed{args.train_member}", args.teacher, seed=args.train_member,
                             **parse_sets(args.teacher_set))
         print(f"[kd-benchmark] teacher member seed {args.train_member}: test NDCG@10 "
@@ -146,8 +146,8 @@ def main():
     for path in [teacher_ckpt] if isinstance(teacher_ckpt, str) else teacher_ckpt:
         if not args.render_only and not os.path.isfile(path):
             fail(f"teacher checkpoint {path} is missing (git-ignored, lost with a fresh checkout); "
-                             f"delete {cells_dir}/teacher*.json to retrain the teacher (cells distilled from it are kept "
-                             f"if the retrained teacher reproduces its stored results exactly), or use another --out")
+                 f"delete {cells_dir}/teacher*.json to retrain the teacher (cells distilled from it are kept "
+                 f"if the retrained teacher reproduces its stored results exactly), or use another --out")
     rows = {}
     for cell in args.cells:
         model, overrides = cell_spec(cell, args)
@@ -162,7 +162,7 @@ def main():
         for r in runs:
             if r is not None and model.startswith("KD-") and not same_teacher(r, teacher_fp, teacher_ckpt, out):
                 fail(f"cell {r['cell']} was distilled from another teacher ({r.get('teacher_checkpoint')}); "
-                                 f"delete it or use another --out")
+                     f"delete it or use another --out")
         runs = [r for r in runs if r is not None]
         if runs:
             rows[cell] = runs
