@@ -585,11 +585,24 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         same = [r for r in rows if r["dataset"] == row["dataset"] and r.get("status") == "ok"]
         ref = _student_ref(row, same)
         teacher = _teacher_ref(row, same)
-        row["vs_student_alone"] = row["ndcg@10"][0] / ref["ndcg@10"][0] if ref and ref["ndcg@10"][0] else None
+        row["vs_student_alone"] = _ratio(row, ref)
         row["vs_student_label"] = ref["label"] if ref else None
-        row["vs_teacher"] = row["ndcg@10"][0] / teacher["ndcg@10"][0] if teacher and teacher["ndcg@10"][0] else None
+        row["vs_teacher"] = _ratio(row, teacher)
         row["vs_teacher_label"] = teacher["label"] if teacher else None
+        row["vs_noise"] = [k for k, r in (("vs_student_alone", ref), ("vs_teacher", teacher)) if _in_noise(r)]
     return rows
+
+
+def _in_noise(ref) -> bool:
+    """A reference row whose mean NDCG@10 is not above its spread over seeds (or is 0): a ratio to it is noise."""
+    if not ref:
+        return False
+    mean, std = ref["ndcg@10"]
+    return not mean or (std is not None and mean <= std)
+
+
+def _ratio(row, ref):
+    return None if not ref or _in_noise(ref) else row["ndcg@10"][0] / ref["ndcg@10"][0]
 
 
 def _student_ref(row, same):
@@ -669,8 +682,8 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                     lines.append(f"| {group} | {row['label']} | {row['model']} | 0/{row['seeds_planned']} | "
                                  f"{row['status']} | | | | | | | | |")
                     continue
-                vs_s = f"{row['vs_student_alone']:.3f}" if row.get("vs_student_alone") else "-"
-                vs_t = f"{row['vs_teacher']:.3f}" if row.get("vs_teacher") else "-"
+                vs_s, vs_t = (f"{row[k]:.3f}" if row.get(k) else "n/a" if k in row.get("vs_noise", ()) else "-"
+                              for k in ("vs_student_alone", "vs_teacher"))
                 on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
                 lines.append(
                     f"| {group} | {row['label']} | {row['model']} | {len(row['seeds'])}/{row['seeds_planned']} | "
@@ -684,7 +697,8 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
         lines += ["(plots skipped: matplotlib is not installed; `pip install recbole-kd[bench]`)", ""]
     lines += ["Ratios: NDCG@10 mean over seeds divided by the same dataset's student-alone row (for a "
               "distilled `KD-X`: the `X` row of group student, or `student_ref`) and teacher row (`teacher_from`, "
-              "else the dataset's first teacher). Latency: median full-sort scoring time for 256 test users on "
+              "else the dataset's first teacher); n/a where that row's mean NDCG@10 is not above its standard deviation "
+              "over seeds (a ratio to it would measure noise). Latency: median full-sort scoring time for 256 test users on "
               "the cell's machine; latency and s / epoch of rows run on a GPU are marked (cuda).", ""]
     tmp = os.path.join(out, ".README.md.tmp")
     with open(tmp, "w") as f:

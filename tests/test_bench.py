@@ -325,3 +325,36 @@ def test_minutes_and_skip_per_dataset(tmp_path):
     assert cells["a", "SASRec-S"].minutes == 25 and cells["b", "SASRec-S"].minutes == 200
     assert cells["a", "SASRec-S"].skip is None and cells["b", "SASRec-S"].skip == "too slow"
     assert cells["a", "MF-S"].minutes == 2 and cells["b", "MF-S"].minutes == 2
+
+
+def test_no_ratio_to_a_reference_within_noise(tmp_path):
+    """A ratio to a row whose NDCG@10 mean is not above its spread over seeds reads n/a, not e.g. 12.000."""
+    import yaml
+
+    from recbole_kd.bench import expand, load_suite, render, summarize
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1, 2, 3], "datasets": {"a": {}},
+        "models": [{"model": "SASRec-L", "group": "teacher", "seeds": [1]}, {"model": "MF-S", "group": "student"},
+                   {"model": "KD-MF", "settings": {"kd_losses": {"soft": 1.0}}, "teacher_from": "SASRec-L"}],
+    }))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    ndcg = {("SASRec-L", 1): 0.0010, ("MF-S", 1): 0.0, ("MF-S", 2): 0.0, ("MF-S", 3): 0.0001,
+            ("KD-MF", 1): 0.0003, ("KD-MF", 2): 0.0004, ("KD-MF", 3): 0.0005}
+    records = {}
+    for c in cells:
+        result = {"test_result": {"ndcg@10": ndcg[c.model, c.seed], "recall@10": 0.0, "mrr@10": 0.0},
+                  "num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0}
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    kd = rows["KD-MF"]
+    assert kd["vs_student_alone"] is None and kd["vs_noise"] == ["vs_student_alone"]  # MF-S: 0.0000 +- 0.0001
+    assert kd["vs_teacher"] == pytest.approx(0.4)  # one teacher seed: no spread measured, the ratio stands
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert "| distilled | KD-MF | KD-MF | 3/3 | 0.0004 ± 0.0001 |" in report
+    assert "| 2 | n/a | 0.400 |" in report
