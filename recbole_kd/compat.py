@@ -29,6 +29,13 @@ trap                        how it is handled
                             token_seq columns (``_remap`` ...) fails on any
                             dataset with e.g. a title column; inside those
                             methods only, ``agg(len)`` is per element again.
+(c3) pandas >= 3            shim: ``Dataset._load_feat`` fills an empty
+                            token_seq / float_seq field with ``df[field].fillna(
+                            "", inplace=True)``, a no-op under copy-on-write: the
+                            NaN reaches ``str.split`` and any atomic file with an
+                            empty sequence field (an item without a genre) fails
+                            to load. RecBole's dataset module reads files through
+                            a pandas whose ``read_csv`` fills those fields itself.
 (d) ``ray`` at import       shim: ``recbole.quick_start`` does ``from ray import
                             tune`` at import time, and ray (only needed for
                             hyper-parameter tuning) is often missing or broken
@@ -168,6 +175,35 @@ def patch_token_seq_agg() -> None:
             setattr(cls, name, _elementwise_len_agg(method))
 
 
+# (c3) pandas >= 3: empty sequence fields in atomic files -------------------------------------------
+class _SeqFillingPandas:
+    """pandas as seen by ``recbole.data.dataset.dataset``: ``read_csv`` returns empty token_seq /
+    float_seq fields (header ``name:token_seq``) as "" instead of NaN, which RecBole's own
+    ``fillna(..., inplace=True)`` no longer does under copy-on-write. Everything else is pandas."""
+
+    def __init__(self, pandas_module):
+        self._pd = pandas_module
+
+    def __getattr__(self, name):
+        return getattr(self._pd, name)
+
+    def read_csv(self, *args, **kwargs):
+        df = self._pd.read_csv(*args, **kwargs)
+        for col in df.columns:
+            if str(col).rpartition(":")[2] in ("token_seq", "float_seq") and df[col].isna().any():
+                df[col] = df[col].fillna("")
+        return df
+
+
+def patch_seq_fillna() -> None:
+    import pandas as pd
+
+    module = importlib.import_module("recbole.data.dataset.dataset")
+    if int(pd.__version__.split(".")[0]) < 3 or isinstance(module.pd, _SeqFillingPandas):
+        return
+    module.pd = _SeqFillingPandas(module.pd)
+
+
 # (d) ray ----------------------------------------------------------------------------------------
 class _MissingRay(types.ModuleType):
     """Stand-in for ``ray`` / ``ray.tune`` when the real package cannot be imported."""
@@ -298,6 +334,7 @@ def apply() -> None:
     patch_numpy_aliases()
     patch_fill_nan()
     patch_token_seq_agg()
+    patch_seq_fillna()
     patch_ray_import()
     patch_init_device()
     patch_ensure_dir()

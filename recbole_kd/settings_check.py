@@ -134,6 +134,9 @@ def check_values(config) -> None:
         freeze = get("transfer_freeze_epochs")
         if not (_is_int(freeze) and freeze >= 0):
             bad("transfer_freeze_epochs", freeze, "must be an integer >= 0")
+    cold = get("text_cold_items")
+    if cold not in (None, "id", "text"):
+        bad("text_cold_items", cold, "must be id or text")
     frac = get("train_fraction")
     if frac is not None and not (isinstance(frac, Number) and not isinstance(frac, bool) and 0 < frac <= 1):
         bad("train_fraction", frac, "must be a fraction in (0, 1]")

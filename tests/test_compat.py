@@ -120,6 +120,50 @@ def test_token_seq_feature_loads_through_recbole(workdir, tmp_path):
     assert [tokens[t] for t in titles[row].tolist() if t] == ["red", "shoe", "xxx"]
 
 
+def _write_items_with_empty_fields(tmp_path, name="emptyseq"):
+    folder = tmp_path / "ds" / name
+    folder.mkdir(parents=True)
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    rows += [f"{u}\t{t + 1}\t{t}" for u in range(1, 6) for t in range(5)]
+    (folder / f"{name}.inter").write_text("\n".join(rows) + "\n")
+    items = ["item_id:token\ttitle:token_seq\tgenre:token_seq"]
+    items += [f"{i}\t{'red shoe' if i != 2 else ''}\t{'Drama' if i != 3 else ''}" for i in range(1, 6)]
+    (folder / f"{name}.item").write_text("\n".join(items) + "\n")
+    return str(tmp_path / "ds")
+
+
+def test_pandas_empty_seq_field_trap_is_real_without_shim(tmp_path):
+    """(c3) pandas 3: RecBole's in-place fillna of an empty sequence field leaves NaN, and its
+    split then fails."""
+    if int(pd.__version__.split(".")[0]) < 3:
+        pytest.skip("pandas < 3: the in-place fillna works, no shim needed")
+    root = _write_items_with_empty_fields(tmp_path)
+    df = pd.read_csv(os.path.join(root, "emptyseq", "emptyseq.item"), sep="\t", dtype=str, engine="python")
+    df["title:token_seq"].fillna(value="", inplace=True)  # what RecBole's _load_feat does
+    assert df["title:token_seq"].isna().sum() == 1
+    with pytest.raises(AttributeError):
+        [v.split(" ") for v in df["title:token_seq"].values]
+    filled = compat._SeqFillingPandas(pd).read_csv(os.path.join(root, "emptyseq", "emptyseq.item"), sep="\t",
+                                                   dtype=str, engine="python")
+    assert filled["title:token_seq"].tolist()[1] == "" and not filled.isna().any().any()
+
+
+def test_empty_seq_field_loads_through_recbole(workdir, tmp_path):
+    """An item without a title or genre loads as an empty sequence."""
+    from recbole.config import Config
+    from recbole.data import create_dataset
+
+    cfg = Config(model="BPR", dataset="emptyseq", config_dict={
+        "data_path": _write_items_with_empty_fields(tmp_path), "state": "WARNING",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "genre"]}})
+    ds = create_dataset(cfg)
+    row = ds.field2token_id["item_id"]
+    words = {(f, i): [ds.field2id_token[f][t] for t in ds.item_feat[f][row[i]].tolist() if t]
+             for f in ("title", "genre") for i in ("1", "2", "3")}
+    assert words[("title", "1")] == ["red", "shoe"] and words[("title", "2")] == []
+    assert words[("genre", "1")] == ["Drama"] and words[("genre", "3")] == []
+
+
 def test_quick_start_imports_without_ray():
     """(d) recbole.quick_start imports ray at module import; it must import regardless."""
     import recbole.quick_start  # noqa: F401

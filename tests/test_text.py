@@ -90,3 +90,96 @@ def test_text_transfer_end_to_end(tmp_path):
     target = torch.load(os.path.join(tmp_path, res["checkpoint"]), weights_only=True)["state_dict"]
     assert "text_adaptor.weight" in source and "text_adaptor.weight" in target
     assert "item_text_vectors" not in target  # recomputed from the cache, not stored per checkpoint
+
+
+def _fake_text_vectors(texts, dataset_name, cache_dir, encode=None):
+    """Deterministic stand-in for the sentence encoder: a vector from each text's characters."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(256, 8, generator=g)
+    out = torch.stack([table[[ord(c) % 256 for c in t]].mean(0) if t else torch.zeros(8) for t in texts])
+    return out, {"text_cache": "fake"}
+
+
+def _training_items(root, dataset, fraction):
+    """Item ids of each user's training part (all but the last two interactions, RecBole's
+    leave-one-out), cut to its most recent ``fraction``: computed from the raw file, independently."""
+    import math
+
+    rows = [line.split("\t") for line in open(os.path.join(root, "tiny", "tiny.inter")).read().splitlines()[1:]]
+    by_user = {}
+    for user, item, ts in rows:
+        by_user.setdefault(user, []).append((float(ts), item))
+    kept, dropped = set(), set()
+    for seq in by_user.values():
+        train = [i for _, i in sorted(seq)][:-2]
+        k = max(1, math.ceil(fraction * len(train)))
+        kept.update(train[len(train) - k:])
+        dropped.update(train[: len(train) - k])
+    to_id = dataset.field2token_id["item_id"]
+    return {to_id[t] for t in kept}, {to_id[t] for t in dropped} - {to_id[t] for t in kept}
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.2])
+def test_cold_items_are_represented_by_their_text_alone(tmp_path, monkeypatch, fraction):
+    from recbole_kd.config import build_config
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_entry
+    import recbole_kd.transfer.text as text
+
+    monkeypatch.setattr(text, "text_vectors", _fake_text_vectors)
+    root = write_tiny_dataset(tmp_path / "data", n_users=12)
+    write_items(root, "tiny")
+    settings = {"data_path": root, "state": "WARNING", "item_text": True, "text_cold_items": "text",
+                "train_fraction": fraction, "checkpoint_dir": str(tmp_path / "saved")}
+    cfg = build_config("SASRec-S", "tiny", overrides=settings)
+    dataset, train, _, _ = prepare(cfg)
+    model = get_entry("SASRec-S").cls(cfg, train.dataset)
+    trained, dropped = _training_items(root, dataset, fraction)
+    cold = set(range(1, dataset.item_num)) - trained
+    assert cold, "the fixture must leave some items out of training"
+    if fraction < 1:
+        assert dropped, "train_fraction must make some trained-on-the-full-data items cold"
+    mask = model.item_id_mask.squeeze(1)
+    assert {i for i in range(1, dataset.item_num) if mask[i] == 0} == cold
+    assert model.item_text_info["text_only_cold_items"] == len(cold)
+
+    with torch.no_grad():
+        model.item_embedding.weight.normal_()  # make id rows clearly non-zero
+        table = model.item_table()
+        text_only = model.text_adaptor(model.item_text_vectors)
+    cold_ids, warm_ids = sorted(cold), sorted(trained)
+    assert torch.allclose(table[cold_ids], text_only[cold_ids])
+    assert torch.allclose(table[warm_ids], model.item_embedding.weight[warm_ids] + text_only[warm_ids])
+
+    loss = model.calculate_loss(next(iter(train)))
+    loss.backward()
+    grad = model.item_embedding.weight.grad
+    assert grad[cold_ids].abs().sum() == 0 and grad[warm_ids].abs().sum() > 0
+    assert model.text_adaptor.weight.grad.abs().sum() > 0
+
+    # the mask is saved with the model: a model rebuilt from other data (a teacher or an evaluation
+    # loader builds it from the whole dataset) takes the saved mask on loading
+    assert "item_id_mask" in model.state_dict()
+    rebuilt = get_entry("SASRec-S").cls(cfg, dataset)
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.item_id_mask, model.item_id_mask)
+
+
+def test_text_cold_items_default_keeps_ids_and_checks_its_value(tmp_path, monkeypatch):
+    from recbole_kd.config import ConfigError, build_config
+    from recbole_kd.quick_start import prepare
+    from recbole_kd.registry import get_entry
+    import recbole_kd.transfer.text as text
+
+    monkeypatch.setattr(text, "text_vectors", _fake_text_vectors)
+    root = write_tiny_dataset(tmp_path / "data", n_users=12)
+    write_items(root, "tiny")
+    cfg = build_config("SASRec-S", "tiny", overrides={"data_path": root, "state": "WARNING", "item_text": True})
+    _, train, _, _ = prepare(cfg)
+    model = get_entry("SASRec-S").cls(cfg, train.dataset)
+    assert model.item_id_mask is None and "item_id_mask" not in model.state_dict()
+    with torch.no_grad():
+        assert torch.equal(model.item_table(),
+                           model.item_embedding.weight + model.text_adaptor(model.item_text_vectors))
+    with pytest.raises(ConfigError, match="text_cold_items"):
+        build_config("SASRec-S", "tiny", overrides={"data_path": root, "text_cold_items": "none"})

@@ -278,6 +278,7 @@ _ARCH_KEYS = (
     "mask_ratio",
     "item_text",
     "text_fields",
+    "text_cold_items",
     "load_col",
     "USER_ID_FIELD",
     "ITEM_ID_FIELD",

@@ -7,6 +7,7 @@ norm and initialisation), so "identical d, layers, heads" comparisons are fair.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -62,10 +63,18 @@ class WindowedSequentialModel(SequentialRecommender):
         adapted sentence-encoder vectors of the item text when ``item_text`` is on (UniSRec-style)."""
         if self.text_adaptor is None:
             return self.item_embedding.weight
-        return self.item_embedding.weight + self.text_adaptor(self.item_text_vectors)
+        ids = self.item_embedding.weight
+        if self.item_id_mask is not None:  # text_cold_items: text
+            ids = ids * self.item_id_mask
+        return ids + self.text_adaptor(self.item_text_vectors)
 
     def attach_item_text(self, config, dataset) -> dict:
-        """Frozen text vectors of every item (cached on disk) and a learned linear adaptor."""
+        """Frozen text vectors of every item (cached on disk) and a learned linear adaptor.
+
+        ``text_cold_items: text``: an item absent from this run's training sequences (after
+        ``train_fraction``) is represented by its adapted text alone; its id row is held at zero. Such
+        a row would otherwise only ever be trained as a negative, which teaches the model to rank
+        every cold item low whatever its text says."""
         import os
 
         from recbole_kd.config import ConfigError
@@ -81,11 +90,34 @@ class WindowedSequentialModel(SequentialRecommender):
         if vectors.shape[0] < rows:  # e.g. BERT4Rec's [MASK] row
             vectors = torch.cat([vectors, vectors.new_zeros((rows - vectors.shape[0], vectors.shape[1]))])
         self.register_buffer("item_text_vectors", vectors, persistent=False)
+        self.register_buffer("item_id_mask", None)
+        if (config["text_cold_items"] or "id") == "text":
+            # saved with the model: a model rebuilt to load a checkpoint (teacher, evaluation) may be
+            # built from other data than its training rows; it takes the saved mask
+            seen = torch.ones(rows, dtype=torch.bool)
+            if dataset.iid_field + config["LIST_SUFFIX"] in dataset.inter_feat:  # sequential training rows
+                seen[1 : len(texts)] = False  # rows past the vocabulary (BERT4Rec's [MASK]) stay on
+                seqs = self.training_sequences(config, dataset)[1]
+                if seqs:
+                    seen[torch.from_numpy(np.concatenate(seqs))] = True
+            self.register_buffer("item_id_mask", seen.float().unsqueeze(1))
+            info = {**info, "text_only_cold_items": int((~seen).sum())}
         self.text_adaptor = nn.Linear(vectors.shape[1], self.item_embedding.embedding_dim)
         self.text_adaptor.weight.data.normal_(mean=0.0, std=config["initializer_range"] or 0.02)
         self.text_adaptor.bias.data.zero_()
         self.item_text_info = info
         return info
+
+    @staticmethod
+    def training_sequences(config, dataset):
+        """(users, sequences) a run trains on: each user's training sequence, cut to its most recent
+        ``train_fraction`` in the low-resource setting."""
+        users, seqs = user_train_sequences(dataset)
+        if config["train_fraction"] is not None and config["train_fraction"] < 1:  # low-resource setting
+            from recbole_kd.quick_start import keep_recent
+
+            seqs = [s[len(s) - keep_recent(len(s), config["train_fraction"]):] for s in seqs]
+        return users, seqs
 
     @classmethod
     def window_span(cls, config) -> int:
@@ -95,11 +127,7 @@ class WindowedSequentialModel(SequentialRecommender):
     def build_train_dataloader(cls, config, train_data):
         """Replace RecBole's prefix-per-sample training loader by a window loader."""
         dataset = train_data.dataset
-        users, seqs = user_train_sequences(dataset)
-        if config["train_fraction"] is not None and config["train_fraction"] < 1:  # low-resource setting
-            from recbole_kd.quick_start import keep_recent
-
-            seqs = [s[len(s) - keep_recent(len(s), config["train_fraction"]):] for s in seqs]
+        users, seqs = cls.training_sequences(config, dataset)
         span = cls.window_span(config)
         # default: windows overlap by one item, so no position is encoded twice per epoch
         stride = config["window_stride"] or config["MAX_ITEM_LIST_LENGTH"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 # parameters tied to one dataset's ids: never copied wholesale
-ID_PARAM_PREFIXES = ("item_embedding", "user_embedding", "output_bias")
+ID_PARAM_PREFIXES = ("item_embedding", "user_embedding", "output_bias", "item_id_mask")
 
 
 class TransferError(Exception):

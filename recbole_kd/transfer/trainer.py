@@ -37,7 +37,8 @@ MECHANISMS = ("encoder", "shared_tokens", "cross_kd", "text")
 _SHARED = ("seed", "reproducibility", "show_progress", "state", "gpu_id", "use_gpu", "eval_args", "metrics", "topk",
            "valid_metric", "eval_batch_size")
 _ARCH = ("n_layers", "n_heads", "hidden_size", "inner_size", "embedding_size", "hidden_act", "layer_norm_eps",
-         "initializer_range", "loss_type", "MAX_ITEM_LIST_LENGTH", "item_text", "text_fields", "text_cache_dir")
+         "initializer_range", "loss_type", "MAX_ITEM_LIST_LENGTH", "item_text", "text_fields", "text_cache_dir",
+         "text_cold_items")
 
 
 def parse_mechanisms(config) -> list[str]:
