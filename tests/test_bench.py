@@ -28,9 +28,16 @@ def _suite(tmp_path, models, seeds=(2020,)):
     return str(path)
 
 
+def _default_sigint():
+    # a test run started in the background (`pytest ... &` in a script) inherits SIGINT ignored, and
+    # so would the bench: the interrupt tests need it to react to SIGINT as under a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _bench(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "recbole_kd", "bench", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_sigint, **kwargs)
 
 
 def test_kill_after_first_cell_then_resume(tmp_path):
