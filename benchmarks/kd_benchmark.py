@@ -239,6 +239,19 @@ def same_teacher(cell, teacher_fp, teacher_ckpt, out):
     return relative(cell.get("teacher_checkpoint"), out) == relative(teacher_ckpt, out)
 
 
+def interleaved_ratio(measured: dict, teacher_params: int, student_params: int) -> float | None:
+    """Teacher / student median full-sort time from a latency.py result, or None when that file timed
+    other architectures (a stale file). latency.py names the student after its cell (``student-seed2020``)
+    or, for checkpoints given as ``student=PATH``, ``student``."""
+    timing, params = measured.get("timing", {}), measured.get("params", {})
+    student = next((k for k in ("student-seed2020", "student") if k in timing), None)
+    if "teacher" not in timing or student is None:
+        return None
+    if params.get("teacher") != teacher_params or params.get(student) != student_params:
+        return None
+    return timing["teacher"]["median_ms"] / timing[student]["median_ms"]
+
+
 def relative(paths, folder):
     """Checkpoint path(s) inside the benchmark folder, from its name on (cells record absolute
     paths; they stay comparable when the folder is moved or computed in another checkout)."""
@@ -335,11 +348,9 @@ def render(args, teacher, rows, members=()):
         interleaved = os.path.join(RESULTS, f"latency_{args.dataset}.json")
         if os.path.isfile(interleaved):  # the trustworthy measurement: both models timed alternately
             with open(interleaved) as f:
-                measured = json.load(f)
-            timing = measured["timing"]
-            same_teacher = measured.get("params", {}).get("teacher") == teacher["num_params"]  # not a stale file
-            if same_teacher and "teacher" in timing and "student-seed2020" in timing:
-                latency_ratio = timing["teacher"]["median_ms"] / timing["student-seed2020"]["median_ms"]
+                measured = interleaved_ratio(json.load(f), teacher["num_params"], b["num_params"])
+            if measured is not None:
+                latency_ratio = measured
                 latency_note = f"benchmarks/results/latency_{args.dataset}.md (teacher and student timed interleaved)"
         summary["targets"]["teacher_over_student_latency>=8"] = latency_ratio >= 8
         summary["latency_source"] = latency_note

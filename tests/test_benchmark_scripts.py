@@ -251,3 +251,19 @@ def test_latency_times_given_checkpoints_with_and_without_fused_attention(tiny_d
     with pytest.raises(SystemExit) as exit_:
         latency.main()
     assert exit_.value.code == 2 and (tmp_path / "results" / "latency_tiny.md").read_text() == before
+
+
+def test_kd_benchmark_reads_the_interleaved_latency_of_the_same_pair_only():
+    from kd_benchmark import interleaved_ratio
+
+    def timed(student_key, teacher_params=1000, student_params=100):
+        return {"params": {"teacher": teacher_params, student_key: student_params},
+                "timing": {"teacher": {"median_ms": 80.0}, student_key: {"median_ms": 10.0}}}
+
+    # a cell of the benchmark (student-seed2020) or a checkpoint given as student=PATH (student)
+    assert interleaved_ratio(timed("student-seed2020"), 1000, 100) == 8.0
+    assert interleaved_ratio(timed("student"), 1000, 100) == 8.0
+    # a file that timed other architectures is stale: no ratio from it
+    assert interleaved_ratio(timed("student", teacher_params=999), 1000, 100) is None
+    assert interleaved_ratio(timed("student", student_params=99), 1000, 100) is None
+    assert interleaved_ratio(timed("KD-SASRec-rrd-seed2020"), 1000, 100) is None
