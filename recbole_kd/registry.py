@@ -211,6 +211,7 @@ def get_entry(name: str) -> ModelEntry:
     candidates = list(_REGISTRY) + list(stock_model_names())
     for _, lister in _RESOLVERS:
         candidates += lister() if lister else []
+    candidates = list(dict.fromkeys(candidates))  # a registered name may also be listed by a resolver
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
     if not close:
         lowered = {c.lower(): c for c in candidates}

@@ -39,6 +39,20 @@ def test_unknown_model_exit_2_close_matches():
     assert len(err) == 1 and "unknown model" in err[0] and "SASRec-S" in err[0]
 
 
+def test_unknown_model_suggests_each_name_once():
+    import re
+
+    import pytest
+
+    from recbole_kd.registry import UnknownModelError, get_entry
+
+    # KD-MF is both registered and listed by the KD-<Student> resolver: it was suggested twice
+    with pytest.raises(UnknownModelError) as info:
+        get_entry("KD-Foo")
+    close = re.search(r"did you mean (.*)\?", str(info.value)).group(1).split(", ")
+    assert close and len(close) == len(set(close)), close
+
+
 def test_unknown_dataset_exit_2_names_path(tmp_path):
     proc = run_cli("--model=SASRec-S", "--dataset=no-such-data", f"--data_path={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 2
