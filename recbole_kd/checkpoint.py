@@ -144,10 +144,15 @@ def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = No
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or train the model first")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; this is some other file
+            raise CheckpointError(
+                f"checkpoint {path} is not a PyTorch checkpoint (not a torch.save archive: another kind of "
+                "file, or corrupt); pass a .pth written by recbole-kd"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} is not a recbole-kd checkpoint (it needs unsafe unpickling: "
-            f"{str(exc).splitlines()[0][:120]}); re-train with recbole-kd to get one"
+            f"checkpoint {path} is not a recbole-kd checkpoint (it pickles Python objects, as RecBole's own "
+            "checkpoints do, and is only loaded with weights_only=True); re-train with recbole-kd to get one"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
