@@ -131,8 +131,23 @@ def load_plugin_files(paths) -> None:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: name it and the line, in one line
+            del sys.modules[name]
+            raise UnknownModelError(f"plugin file {path} failed to import: {_where(exc, path)}; fix it and retry") from exc
         _PLUGIN_FILES.append(path)
+
+
+def _where(exc: Exception, path: str) -> str:
+    """``Type: message (line N)``, N the last line of ``path`` in the traceback (or a syntax error's line)."""
+    import traceback
+
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if os.path.abspath(f.filename) == path]
+    where = f" (line {lines[-1]})" if lines else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 _PLUGIN_FILES: list[str] = []

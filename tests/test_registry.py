@@ -17,6 +17,27 @@ def test_unknown_model_lists_close_matches():
         get_model("BRP")
 
 
+def test_a_broken_plugin_file_is_one_error_naming_file_and_line(tmp_path):
+    import sys
+
+    from recbole_kd.registry import load_plugin_files
+
+    syntax = tmp_path / "syntax_plugin.py"
+    syntax.write_text("import torch\nx = (\n")
+    with pytest.raises(UnknownModelError, match=r"syntax_plugin.py failed to import: SyntaxError: .* \(line 2\)"):
+        load_plugin_files([str(syntax)])
+    raising = tmp_path / "raising_plugin.py"
+    raising.write_text("a = 1\n\nraise ImportError('no module named mylib')\n")
+    with pytest.raises(UnknownModelError, match=r"raising_plugin.py failed to import: ImportError: no module named mylib "
+                                               r"\(line 3\)"):
+        load_plugin_files([str(raising)])
+    # not left half-imported: fixing the file and loading again works
+    assert "recbole_kd_plugin_raising_plugin" not in sys.modules
+    raising.write_text("a = 1\n")
+    load_plugin_files([str(raising)])
+    assert sys.modules["recbole_kd_plugin_raising_plugin"].a == 1
+
+
 def test_trainers_have_safe_checkpoint_hooks():
     from recbole.utils import ModelType
 
