@@ -183,3 +183,14 @@ def test_validate_subcommand(tmp_path, capsys):
     assert datasets_main(["validate", bad]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "h.inter line 2, column 3" in err[0]
+    # a dataset folder stands for every atomic file in it
+    with open(tmp_path / "g" / "g.item", "w") as f:
+        f.write("item_id:token\tname:token_seq\n1\ta b\n")
+    assert datasets_main(["validate", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    assert "g.inter" in out and "g.item" in out
+    assert datasets_main(["validate", str(tmp_path / "h")]) == 2
+    assert "h.inter line 2, column 3" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert datasets_main(["validate", str(tmp_path / "empty")]) == 2
+    assert "no atomic files" in capsys.readouterr().err

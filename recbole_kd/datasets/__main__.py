@@ -1,5 +1,5 @@
 """``python -m recbole_kd.datasets convert FORMAT --input DIR_OR_FILE --output DIR [--name NAME] [--force]``
-and ``python -m recbole_kd.datasets validate FILE [FILE ...]``.
+and ``python -m recbole_kd.datasets validate FILE_OR_FOLDER [...]`` (a folder: its atomic files).
 
 Exit status 0 on success; 2 with one ``error:`` line on stderr (no traceback) for bad input, a bad
 command line, or an output folder that exists already (pass ``--force`` to replace it).
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--force", action="store_true", help="replace OUTPUT/NAME if it exists")
     val = sub.add_parser("validate", help="check atomic files (header, column counts, float values)")
-    val.add_argument("files", nargs="+")
+    val.add_argument("files", nargs="+", help="atomic files, or dataset folders (every atomic file in them)")
     val.add_argument("--field_separator", default="\t")
     val.add_argument("--encoding", default="utf-8")
     return parser
@@ -72,11 +72,33 @@ def convert(fmt: str, input_path: str, output: str, name: str | None, force: boo
 def validate(files: list[str], sep: str, encoding: str) -> int:
     from recbole_kd.datasets.validate import validate_atomic_file
 
-    for path in files:
+    for path in _atomic_files(files):
         t0 = time.perf_counter()
         rows = validate_atomic_file(path, field_separator=sep, encoding=encoding)
         print(f"ok: {path} ({rows:,} rows, {time.perf_counter() - t0:.1f}s)")
     return 0
+
+
+ATOMIC_SUFFIXES = (".inter", ".user", ".item", ".kg", ".link", ".net")
+
+
+def _atomic_files(paths: list[str]) -> list[str]:
+    """The paths, a dataset folder replaced by the atomic files in it (RecBole's suffixes)."""
+    import os
+
+    from recbole_kd.datasets.validate import DataValidationError
+
+    out = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(ATOMIC_SUFFIXES))
+        if not found:
+            raise DataValidationError(f"{path}: a folder with no atomic files ({', '.join(ATOMIC_SUFFIXES)}); "
+                                      "pass a dataset folder or its files")
+        out += found
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
