@@ -164,6 +164,33 @@ def expand(suite: dict) -> list[Cell]:
     return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.label in teachers else 1, c.order, c.seed))
 
 
+def check_cells(cells: list[Cell], where: str) -> None:
+    """Every cell's model and settings, checked as the CLI checks them (unknown keys are errors here),
+    before any cell runs: a typo in a late row would otherwise surface hours into the suite. The data is
+    not read (a dataset converted later, or on another machine, is fine)."""
+    from recbole_kd.config import ConfigError, build_config
+    from recbole_kd.registry import UnknownModelError
+
+    seen = set()
+    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")  # RecBole's Config sets it; the cells set their own
+    try:
+        for c in cells:
+            key = (c.label, c.model, c.dataset, json.dumps(c.settings, sort_keys=True, default=str))
+            if c.skip is not None or key in seen:
+                continue
+            seen.add(key)
+            try:
+                build_config(c.model, c.dataset, overrides={**c.settings, "strict": True}, check_data=False)
+            except (UnknownModelError, ConfigError) as exc:
+                message = str(exc).replace(" (--strict: unknown settings are errors)", "")  # always, in a suite
+                raise SuiteError(f"{where}: {c.label} on {c.dataset}: {message}") from None
+    finally:
+        if cuda is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+
+
 def output_dir(suite: dict, out: str | None) -> str:
     if out:
         return os.path.abspath(out)
@@ -479,6 +506,8 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
               only: list[str] | None = None, data_path: str | None = None, jobs: int = 1) -> int:
     suite = load_suite(path)
     cells = expand(suite)
+    if not render_only:
+        check_cells(cells, suite["_path"])
     out = output_dir(suite, out)
     records = {}
     for c in cells:

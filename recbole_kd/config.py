@@ -79,8 +79,10 @@ def config_file_list(model: str, dataset: str, config_files=()) -> list[str]:
     return files
 
 
-def build_config(model: str, dataset: str, config_files=(), overrides: dict | None = None) -> Config:
-    """A RecBole ``Config`` for a registered or stock model, with our layering."""
+def build_config(model: str, dataset: str, config_files=(), overrides: dict | None = None,
+                 check_data: bool = True) -> Config:
+    """A RecBole ``Config`` for a registered or stock model, with our layering (``check_data``: also refuse
+    a dataset whose atomic files are missing or malformed)."""
     entry = get_entry(model)
     files = config_file_list(model, dataset, config_files)
     with _argv_isolated():
@@ -101,7 +103,8 @@ def build_config(model: str, dataset: str, config_files=(), overrides: dict | No
     if mechanisms and "text" in (mechanisms if isinstance(mechanisms, list) else [mechanisms]):
         config["item_text"] = True  # the text mechanism: both phases represent items by their text
     check_user_settings(config, config_files, overrides)
-    check_dataset_present(config)
+    if check_data:
+        check_dataset_present(config)
     return config
 
 

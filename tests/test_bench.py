@@ -158,6 +158,29 @@ def test_bad_suite_is_one_line_exit_2(tmp_path):
     assert proc.stderr.strip().startswith("recbole-kd bench: error:") and "group 'teachers'" in proc.stderr
 
 
+def test_a_bad_model_or_setting_in_any_row_stops_the_suite_before_a_cell_runs(tmp_path, monkeypatch, capsys):
+    from recbole_kd import bench
+
+    ran = []
+    monkeypatch.setattr(bench, "run_cell", lambda cell, *a, **k: ran.append(cell.id))
+    good = {"model": "SASRec-S", "group": "student"}
+    for last, message in [
+        ({"model": "SASRecc"}, "SASRecc on tiny: unknown model 'SASRecc'; did you mean"),
+        ({"model": "MF-S", "settings": {"embeding_size": 8}}, "MF-S on tiny: unknown setting 'embeding_size'; did you mean"),
+        ({"model": "KD-SASRec", "settings": {"kd_losses": {"sofft": 1.0}}}, "unknown KD loss"),
+        ({"model": "SASRec-S", "label": "zero", "settings": {"epochs": 0}}, "zero on tiny: invalid setting epochs=0"),
+    ]:
+        suite = _suite(tmp_path, [good, last])
+        for extra in (["--dry-run"], []):
+            assert bench.main([suite, "--out", str(tmp_path / "out"), *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("recbole-kd bench: error:") and message in err[0], err
+    assert ran == []
+    # a skipped row is not checked (it may name a model of another RecBole version), nor is a render-only run
+    suite = _suite(tmp_path, [good, {"model": "NoSuchModel", "skip": "not here"}])
+    assert bench.main([suite, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+
+
 def test_pareto_front():
     from recbole_kd.bench import pareto_front
 
