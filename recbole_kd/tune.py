@@ -44,6 +44,17 @@ class SpaceError(ValueError):
     pass
 
 
+def _numbers(value: str, n: int, usage: str) -> list[float]:
+    parts = value.replace(" ", "").split(",")
+    try:
+        numbers = [float(x) for x in parts]
+    except ValueError:
+        raise ValueError(usage) from None
+    if len(numbers) != n:
+        raise ValueError(usage)
+    return numbers
+
+
 def parse_space(path: str) -> dict:
     """{name: (kind, args)} from a RecBole hyper-parameter file; one clear error per bad line."""
     if not os.path.isfile(path):
@@ -67,12 +78,12 @@ def parse_space(path: str) -> dict:
                         raise ValueError("choice needs a non-empty list")
                     space[name] = ("choice", list(values))
                 elif kind in ("uniform", "loguniform"):
-                    low, high = (float(x) for x in value.replace(" ", "").split(","))
+                    low, high = _numbers(value, 2, f"{kind} needs 'low,high' (e.g. {kind} -8,0)")
                     if not low < high:
                         raise ValueError("low must be below high")
                     space[name] = (kind, [low, high])
                 elif kind == "quniform":
-                    low, high, q = (float(x) for x in value.replace(" ", "").split(","))
+                    low, high, q = _numbers(value, 3, "quniform needs 'low,high,q' (e.g. quniform 16,128,16)")
                     if not low < high or q <= 0:
                         raise ValueError("needs low < high and q > 0")
                     space[name] = (kind, [low, high, q])

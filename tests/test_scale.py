@@ -188,6 +188,26 @@ def test_bad_search_space_is_one_line_exit_2(workdir):
     assert "space.txt, line 1" in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("line,message", [
+    ("learning_rate loguniform -8 0", "loguniform needs 'low,high' (e.g. loguniform -8,0)"),
+    ("dropout_prob uniform 0.1,x", "uniform needs 'low,high'"),
+    ("hidden_size quniform 16,128", "quniform needs 'low,high,q'"),
+    ("learning_rate loguniform 0,-8", "low must be below high"),
+    ("hidden_size choice []", "choice needs a non-empty list"),
+])
+def test_search_space_errors_say_what_the_line_needs(tmp_path, line, message):
+    from recbole_kd.tune import SpaceError, parse_space
+
+    space = tmp_path / "space.txt"
+    space.write_text(f"{line}\n")
+    with pytest.raises(SpaceError) as info:
+        parse_space(str(space))
+    assert "space.txt, line 1: " + message in str(info.value), str(info.value)
+    space.write_text("learning_rate loguniform -8, 0\nhidden_size quniform 16,128,16\n")
+    assert parse_space(str(space)) == {"learning_rate": ("loguniform", [-8.0, 0.0]),
+                                       "hidden_size": ("quniform", [16.0, 128.0, 16.0])}
+
+
 @pytest.mark.parametrize("model,extra", [
     ("KD-MF", [TEACHER]),
     ("Transfer-SASRec", ["--source=tiny2", "--transfer_mechanisms=['encoder', 'cross_kd']", "--transfer_freeze_epochs=1",
