@@ -15,6 +15,7 @@ Only rank 0 writes checkpoints and the result file.
 from __future__ import annotations
 
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -186,6 +187,10 @@ def launch(config, model, dataset, config_files, overrides, saved, result_file):
     settings = dict(overrides or {})
     settings.update(nproc=nproc, world_size=world, offset=offset, ip=str(config["ip"] or "localhost"),
                     port=str(config["port"] or 5678))
+    if world > nproc:  # the process group forms only when every machine has joined: say so, or it looks hung
+        print(f"recbole-kd: this machine runs ranks {offset}-{offset + nproc - 1} of world_size={world}; waiting at "
+              f"{settings['ip']}:{settings['port']} until the other machines' {world - nproc} processes join "
+              "(same command there, with their --offset)", file=sys.stderr, flush=True)
     queue = mp.get_context("spawn").SimpleQueue()
     error = None
     try:

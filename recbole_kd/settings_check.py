@@ -140,6 +140,19 @@ def check_values(config) -> None:
     frac = get("train_fraction")
     if frac is not None and not (isinstance(frac, Number) and not isinstance(frac, bool) and 0 < frac <= 1):
         bad("train_fraction", frac, "must be a fraction in (0, 1]")
+    nproc = get("nproc")
+    if nproc is not None and not (_is_int(nproc) and nproc >= 1):
+        bad("nproc", nproc, "must be an integer >= 1 (processes on this machine)")
+    world = get("world_size")
+    if world is not None and not (_is_int(world) and (world == -1 or world >= 1)):
+        bad("world_size", world, "must be an integer >= 1 (processes on all machines), or -1 for nproc")
+    offset = get("offset")
+    if offset is not None and not (_is_int(offset) and offset >= 0):
+        bad("offset", offset, "must be an integer >= 0 (the rank of this machine's first process)")
+    port = get("port")
+    if port is not None and not (_is_int(port) and 0 < port < 65536) and not (isinstance(port, str) and port.isdigit()
+                                                                             and 0 < int(port) < 65536):
+        bad("port", port, "must be a TCP port number, 1-65535")
     resume = get("resume")
     if resume not in (None, False, True, "auto") and not isinstance(resume, str):
         bad("resume", resume, "must be True, False, auto or the path of a *-last.pth checkpoint")

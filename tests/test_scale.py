@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import types
 
 import pytest
@@ -148,6 +149,47 @@ def test_other_machine_without_the_teacher_is_refused_before_starting(tiny_data,
                    cwd=workdir, timeout=120)
     assert proc.returncode == 2
     assert "only the machine with offset=0 trains it" in proc.stderr
+
+
+def test_a_machine_waiting_for_the_others_says_so(tiny_data, workdir):
+    """world_size > nproc: the group forms only when the other machines join; the wait is announced."""
+    proc = subprocess.Popen([sys.executable, "-m", "recbole_kd", "--model=SASRec-S", "--dataset=tiny",
+                             f"--data_path={tiny_data}", "--nproc=1", "--world_size=2", f"--port={free_port()}",
+                             *_fast_args()], cwd=workdir, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    import queue
+    import threading
+
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+    try:
+        seen, deadline = [], time.monotonic() + 120  # the process itself waits for rank 1 for ever
+        while not any("waiting at" in x for x in seen) and time.monotonic() < deadline:
+            try:
+                seen.append(lines.get(timeout=5))
+            except queue.Empty:
+                pass
+        said = [x for x in seen if "waiting at" in x]
+        assert said, seen[-5:]
+        assert "this machine runs ranks 0-0 of world_size=2; waiting at localhost:" in said[0]
+        assert "the other machines' 1 processes join" in said[0]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("--nproc=0", "invalid setting nproc=0: must be an integer >= 1"),
+    ("--nproc=abc", "invalid setting nproc='abc'"),
+    ("--world_size=0", "invalid setting world_size=0"),
+    ("--offset=-1", "invalid setting offset=-1"),
+    ("--port=99999", "invalid setting port=99999: must be a TCP port number"),
+])
+def test_bad_distributed_settings_are_one_line_exit_2(workdir, setting, message):
+    nproc = [] if setting.startswith("--nproc") else ["--nproc=2"]
+    proc = run_cli("--model=SASRec-S", "--dataset=ml-100k", *nproc, setting, cwd=workdir, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"recbole-kd: error: {proc.stderr.strip().split('error: ', 1)[1]}"]
+    assert message in proc.stderr
 
 
 SPACE = """
