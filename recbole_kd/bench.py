@@ -182,8 +182,7 @@ def check_cells(cells: list[Cell], where: str) -> None:
             try:
                 build_config(c.model, c.dataset, overrides={**c.settings, "strict": True}, check_data=False)
             except (UnknownModelError, ConfigError) as exc:
-                message = str(exc).replace(" (--strict: unknown settings are errors)", "")  # always, in a suite
-                raise SuiteError(f"{where}: {c.label} on {c.dataset}: {message}") from None
+                raise SuiteError(f"{where}: {c.label} on {c.dataset}: {exc}") from None
     finally:
         if cuda is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)

@@ -75,7 +75,7 @@ def check_unknown_keys(user_keys, strict: bool, where: str = "") -> list[str]:
         hint = f"; did you mean {', '.join(close)}?" if close else "; it is not a RecBole or recbole-kd setting"
         lines.append(f"unknown setting {key!r}{where}{hint}")
     if lines and strict:
-        raise ConfigError(lines[0] + " (--strict: unknown settings are errors)")
+        raise ConfigError(lines[0] + " (strict: unknown settings are errors)")
     for line in lines:
         print(f"recbole-kd: warning: {line}", file=sys.stderr)
     return lines
@@ -89,7 +89,7 @@ def _is_int(v) -> bool:
 _POSITIVE_INTS = (
     "epochs", "train_batch_size", "eval_batch_size", "stopping_step", "eval_step", "hidden_size",
     "embedding_size", "n_layers", "n_heads", "inner_size", "MAX_ITEM_LIST_LENGTH", "num_negatives",
-    "kd_topk", "kd_gate_k",
+    "kd_topk", "kd_gate_k", "nproc",
 )
 _PROBABILITIES = ("hidden_dropout_prob", "attn_dropout_prob", "dropout_prob", "mask_ratio")
 
@@ -140,9 +140,6 @@ def check_values(config) -> None:
     frac = get("train_fraction")
     if frac is not None and not (isinstance(frac, Number) and not isinstance(frac, bool) and 0 < frac <= 1):
         bad("train_fraction", frac, "must be a fraction in (0, 1]")
-    nproc = get("nproc")
-    if nproc is not None and not (_is_int(nproc) and nproc >= 1):
-        bad("nproc", nproc, "must be an integer >= 1 (processes on this machine)")
     world = get("world_size")
     if world is not None and not (_is_int(world) and (world == -1 or world >= 1)):
         bad("world_size", world, "must be an integer >= 1 (processes on all machines), or -1 for nproc")

@@ -175,6 +175,7 @@ def test_a_bad_model_or_setting_in_any_row_stops_the_suite_before_a_cell_runs(tm
             assert bench.main([suite, "--out", str(tmp_path / "out"), *extra]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith("recbole-kd bench: error:") and message in err[0], err
+            assert "--strict" not in err[0], err  # a suite is always strict; it has no such flag to name
     assert ran == []
     # a skipped row is not checked (it may name a model of another RecBole version), nor is a render-only run
     suite = _suite(tmp_path, [good, {"model": "NoSuchModel", "skip": "not here"}])

@@ -189,7 +189,8 @@ def test_bad_checkpoints_are_refused_with_one_line(tiny, tmp_path, capsys):
         (["--model=KD-SASRec", "--teacher=SASRecX"], "unknown model 'SASRecX'"),
         (["--model=SASRec-S", "--kd_losses={'soft': 1.0}"], "only distilled models use it; run --model=KD-SASRec-S"),
         (["--model=SASRec-L", "--teacher=SASRec-L", "--kd_losses={'soft': 1.0}"], "only distilled models use it; run a KD- model"),
-        (["--model=SASRec-S", "--learning_rat=0.01", "--strict"], "did you mean learning_rate"),
+        (["--model=SASRec-S", "--learning_rat=0.01", "--strict"],
+         "did you mean learning_rate? (strict: unknown settings are errors)"),
     ],
 )
 def test_bad_settings_are_refused_before_training(args, message, tiny, tmp_path, capsys):
