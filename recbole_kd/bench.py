@@ -333,9 +333,20 @@ def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell])
 _LIVE: set = set()  # processes of the cells running now (stopped when the bench is interrupted)
 
 
-def _run_process(args: list[str], cwd: str, log) -> tuple[int, str]:
-    """Run a cell's command (stdout to ``log``); its exit status and stderr."""
-    proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.PIPE, text=True)
+def cell_threads(jobs: int) -> int | None:
+    """Torch threads for each of ``jobs`` cells running side by side: this machine's cores split between
+    them, so that they do not oversubscribe it (two cells of two threads each on two cores run their epochs
+    far slower than two of one thread). None: one cell at a time, or OMP_NUM_THREADS set by the user, whose
+    choice stands; the cells then get torch's default."""
+    if jobs <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _run_process(args: list[str], cwd: str, log, env: dict | None = None) -> tuple[int, str]:
+    """Run a cell's command (stdout to ``log``; ``env``: its environment, None for this one's); its exit
+    status and stderr."""
+    proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.PIPE, text=True, env=env)
     _LIVE.add(proc)
     try:
         _, stderr = proc.communicate()
@@ -344,7 +355,8 @@ def _run_process(args: list[str], cwd: str, log) -> tuple[int, str]:
     return proc.returncode, stderr
 
 
-def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) -> dict:
+def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, threads: int | None = None) -> dict:
+    """Run one cell in its own process (``threads``: its OMP_NUM_THREADS, see ``cell_threads``)."""
     work = os.path.join(out, "work", cell.id)
     os.makedirs(work, exist_ok=True)
     result_path = os.path.join(work, "result.json")
@@ -359,7 +371,8 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) 
     with open(os.path.join(work, "output.log"), "a") as log:
         log.write(f"\n$ {shlex.join(args)}\n")
         log.flush()
-        returncode, stderr = _run_process(args, work, log)
+        env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        returncode, stderr = _run_process(args, work, log, env)
         log.write(stderr)
     wall = time.perf_counter() - t0
     base = {**cell.spec(), "id": cell.id, "config_hash": cell.config_hash, "started_at": started,
@@ -375,6 +388,8 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None) 
     if ran.get("device") in ("cpu", "cuda"):
         base["machine"] = {**{k: v for k, v in base["machine"].items() if k not in ("device", "gpu")},
                            **{k: ran[k] for k in ("device", "gpu") if k in ran}}
+    if isinstance(ran.get("torch_threads"), int):  # the threads the run itself had, not this process's
+        base["machine"]["torch_threads"] = ran["torch_threads"]
     return {**base, "status": "ok", "result": result}
 
 
@@ -442,6 +457,10 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
 
     needs = {c.id: _needs(c, todo) for c in todo}
     pending, running, ended, ran = list(todo), {}, set(), []
+    threads = cell_threads(jobs)
+    if threads is not None:
+        print(f"[bench] --jobs {jobs} on {os.cpu_count()} cores: each cell runs with OMP_NUM_THREADS={threads} "
+              "(set OMP_NUM_THREADS to choose)", flush=True)
     with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while pending or running:
@@ -468,7 +487,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                               "(checkpoints are not committed): running it again for the distilled cells", flush=True)
                     also = f" ({len(running) + 1} running)" if jobs > 1 else ""
                     print(f"[bench] {progress} · running {c.id}{also} · ETA {_fmt_minutes(eta)}", flush=True)
-                    running[pool.submit(run_cell, c, out, dict(records), data_path)] = (c, time.perf_counter())
+                    running[pool.submit(run_cell, c, out, dict(records), data_path, threads)] = (c, time.perf_counter())
                 if not running:  # cannot happen: a cell's needs are in todo before it
                     raise RuntimeError(f"bench: no cell can start; waiting: {[c.id for c in pending]}")
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -835,8 +854,9 @@ def main(argv=None) -> int:
                     help="run only cells whose label, model, dataset or id matches this shell pattern "
                          "(repeatable; e.g. --only 'MF*' --only '*shared_tokens*'); the report still lists every row")
     ap.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="run up to N cells at a time, each its own process (e.g. on a GPU machine, or one per core "
-                         "with OMP_NUM_THREADS=1); a distilled cell waits for its teacher cell; default 1")
+                    help="run up to N cells at a time, each its own process (e.g. on a GPU machine, or one per core); "
+                         "the cores are split between them (OMP_NUM_THREADS=cores/N, unless you set it); a distilled "
+                         "cell waits for its teacher cell; default 1")
     args = ap.parse_args(argv)
     try:
         if args.jobs < 1:

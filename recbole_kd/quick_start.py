@@ -66,6 +66,7 @@ def machine_info(device=None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         **device_info(device),
     }
 

@@ -146,7 +146,7 @@ def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):
     assert machine_info("cpu")["device"] == "cpu" and "gpu" not in machine_info("cpu")
     cell = next(c for c in expand(load_suite(_suite(tmp_path))) if c.label == "MF-S")
 
-    def fake_run(args, cwd, log):  # what the cell's CLI writes on a GPU machine
+    def fake_run(args, cwd, log, env=None):  # what the cell's CLI writes on a GPU machine
         result_file = next(a.split("=", 1)[1] for a in args if a.startswith("--result_file="))
         with open(result_file, "w") as f:
             json.dump({"machine": {"device": "cuda", "gpu": "NVIDIA H200"}, "checkpoint": None}, f)

@@ -274,11 +274,12 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
         {"model": "KD-SASRec", "label": "KD (zoo)"},
         {"model": "MF-S", "group": "student"},
     ], seeds=(2020, 2021))
-    events, lock, live = [], threading.Lock(), set()
+    events, lock, live, given = [], threading.Lock(), set(), []
     most = [0]
 
-    def fake_run_cell(cell, out, records, data_path=None):
+    def fake_run_cell(cell, out, records, data_path=None, threads=None):
         with lock:
+            given.append(threads)
             live.add(cell.id)
             most[0] = max(most[0], len(live))
             events.append(("start", cell.id, cell.label))
@@ -295,8 +296,11 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
     cells = bench.expand(bench.load_suite(suite))
     monkeypatch.setattr(bench, "run_cell", fake_run_cell)
     monkeypatch.setattr(bench, "render", lambda *a, **k: None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert bench.run_suite(suite, str(tmp_path / "out"), jobs=3) == 0
     assert most[0] == 3  # side by side, never more than --jobs
+    assert set(given) == {2}  # 8 cores split between 3 cells: no oversubscription
     started = [e[1] for e in events if e[0] == "start"]
     assert sorted(started) == sorted(c.id for c in cells) and len(started) == len(set(started))
     teacher_end = events.index(("end", "tiny__SASRec-L__seed2020", "SASRec-L"))
@@ -308,6 +312,11 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
     from recbole_kd.bench import main
 
     assert main([suite, "--jobs", "0"]) == 2
+    # a user's OMP_NUM_THREADS stands, and one cell at a time keeps torch's default
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert bench.cell_threads(3) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert bench.cell_threads(1) is None and bench.cell_threads(16) == 1 and bench.cell_threads(2) == 4
 
 
 def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
@@ -317,12 +326,18 @@ def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
         {"model": "MF-S", "group": "student"},
     ])
     out = tmp_path / "out"
-    proc = _bench(suite, "--out", str(out), "--jobs", "2", cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = _bench(suite, "--out", str(out), "--jobs", "2", cwd=tmp_path, env=env)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-2000:]
     cells = {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
     assert set(cells) == {"SASRec-L", "KD (soft)", "MF-S"} and cells["KD (soft)"]["result"]["teacher_source"] == "checkpoint"
     assert "(2 running)" in stdout  # MF-S ran beside the teacher
+    # each cell's own run had its share of the cores (its torch threads, as the run itself recorded them)
+    share = max(1, os.cpu_count() // 2)
+    assert f"each cell runs with OMP_NUM_THREADS={share}" in stdout
+    assert {c["machine"]["torch_threads"] for c in cells.values()} == {share}
+    assert {c["result"]["machine"]["torch_threads"] for c in cells.values()} == {share}
     # Ctrl-C (SIGINT to the bench alone) stops the cells it started, too: none is left running
     for p in (out / "cells").glob("*.json"):
         p.unlink()
