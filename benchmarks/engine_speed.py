@@ -35,7 +35,12 @@ def main():
     ap.add_argument("--phase", choices=["speed", "all"], default="all",
                     help="speed: only seconds per epoch; all: also train both to convergence")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="engine-speed-")
+    # the runs' checkpoints are scratch: removed when the script ends, failed or not
+    with tempfile.TemporaryDirectory(prefix="engine-speed-") as work:
+        measure(args, work)
+
+
+def measure(args, work):
     cells = {}
     for model in ("SASRec-S", "SASRec"):
         load = os.getloadavg()[0]  # other jobs on this shared CPU inflate the epoch times

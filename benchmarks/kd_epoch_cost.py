@@ -48,13 +48,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="round-robin repetitions")
     args = ap.parse_args()
 
+    if args.teacher_checkpoint and not os.path.isfile(args.teacher_checkpoint):
+        fail(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file")
+    # the runs' checkpoints and teacher cache are scratch: removed when the script ends, failed or not
+    with tempfile.TemporaryDirectory(prefix="kd-epoch-cost-") as work:
+        measure(args, work)
+
+
+def measure(args, work):
     common = {"show_progress": False, "state": "WARNING"}
     if args.data_path:
         common["data_path"] = os.path.abspath(args.data_path)
-    work = tempfile.mkdtemp(prefix="kd-epoch-cost-")
     if args.teacher_checkpoint:
-        if not os.path.isfile(args.teacher_checkpoint):
-            fail(f"--teacher_checkpoint {args.teacher_checkpoint}: no such file")
         ckpt = os.path.abspath(args.teacher_checkpoint)
         teacher = {"model": args.teacher, "checkpoint": ckpt}
     else:

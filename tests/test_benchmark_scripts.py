@@ -1,6 +1,7 @@
 """Benchmark scripts whose figures go into the READMEs: checked on hand-made data."""
 import os
 import sys
+import tempfile
 
 from conftest import REPO
 
@@ -208,8 +209,12 @@ def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, work
     monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
     base = ["kd_epoch_cost.py", "--dataset", "tiny", "--data_path", tiny_data, "--losses", "soft", "--epochs", "1",
             "--rounds", "2", "--name", "cost"]
+    scratch = tmp_path / "scratch"  # where the script's temporary work folder goes
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     monkeypatch.setattr(sys, "argv", base + ["--teacher_checkpoint", teacher["checkpoint"], "--share_cache"])
     kd_epoch_cost.main()
+    assert not list(scratch.iterdir())  # the runs' checkpoints and the shared cache are not left behind
     out = json.loads((tmp_path / "results" / "cost.json").read_text())
     assert set(out["rows"]) == {"alone", "kd:soft"}
     assert all(len(r["all_seconds_per_epoch"]) == 2 for r in out["rows"].values())
@@ -220,6 +225,7 @@ def test_kd_epoch_cost_with_a_given_teacher_and_one_shared_cache(tiny_data, work
         kd_epoch_cost.main()
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.endswith("missing.pth: no such file") and "\n" not in err
+    assert not list(scratch.iterdir())
 
 
 def test_latency_times_given_checkpoints_with_and_without_fused_attention(tiny_data, workdir, tmp_path, monkeypatch):
