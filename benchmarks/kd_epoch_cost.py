@@ -26,7 +26,7 @@ import tempfile
 from common import fail, run_cell, write_outputs
 from kd_benchmark import parse_sets
 
-LOSSES = ["hard", "soft", "rd", "rrd", "hint"]
+LOSSES = ["hard", "soft", "soft_full", "rd", "rrd", "hint"]
 
 
 def main():

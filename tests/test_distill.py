@@ -57,7 +57,7 @@ def test_teacher_frozen_outside_optimizer_and_checkpoint(tiny_data, zoo, workdir
 
 @pytest.mark.parametrize("model,teacher", [("KD-SASRec", "SASRec-L"), ("KD-SASRec", "BERT4Rec-L"), ("KD-MF", "SASRec-L"), ("KD-MF", "MF-L")])
 def test_cache_gives_same_loss_as_uncached_teacher(model, teacher, tiny_data, zoo, workdir):
-    losses = {"hard": 1.0, "soft": 1.0, "rd": 1.0, "hint": 1.0}
+    losses = {"hard": 1.0, "soft": 1.0, "soft_full": 1.0, "rd": 1.0, "hint": 1.0}
     cached, train, _ = make_trainer(model, tiny_data, zoo, teacher=teacher, kd_losses=losses, kd_cache=True)
     plain, _, _ = make_trainer(model, tiny_data, zoo, teacher=teacher, kd_losses=losses, kd_cache=False)
     plain.model.load_state_dict(cached.model.state_dict())
@@ -245,6 +245,12 @@ def test_teacher_top_k_never_holds_an_item_the_row_has_seen(teacher, tiny_data, 
     ranked = torch.isfinite(masked.teacher_outputs.scores)  # a row with < K unseen items pads with -inf
     assert ranked[:, 0].all() and not (in_seen(ids_m) & ranked).any()
     assert in_seen(ids_r).any()  # the raw top-K does hold seen items (the input item among them)
+    # the log-normaliser runs over the items the top-K is drawn from: masking seen items lowers it,
+    # and the top-K's probabilities under it sum to at most 1
+    norm_m, norm_r = masked.teacher_outputs.log_norm, raw.teacher_outputs.log_norm
+    assert (norm_m <= norm_r + 1e-5).all() and (norm_m < norm_r - 1e-3).any()
+    for out in (masked.teacher_outputs, raw.teacher_outputs):
+        assert ((out.scores - out.log_norm.unsqueeze(1)).exp().sum(1) <= 1 + 1e-5).all()
     for r in range(ids_r.size(0)):  # masking only removes: the unseen items of the raw list, in order, lead
         keep = ids_r[r][~(ids_r[r].unsqueeze(1) == seen[r].unsqueeze(0)).any(1)]
         assert torch.equal(ids_m[r, : keep.numel()], keep)

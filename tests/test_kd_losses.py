@@ -5,7 +5,7 @@ from torch import nn
 
 from recbole_kd.kd.base import KD_LOSSES, KDInputs, get_kd_loss
 from recbole_kd.kd.gate import gate_weights, weighted_mean
-from recbole_kd.kd.losses import hard, hint, rd, rrd, soft  # noqa: F401
+from recbole_kd.kd.losses import hard, hint, rd, rrd, soft, soft_full  # noqa: F401
 
 torch.manual_seed(0)
 M, N, K, D = 6, 40, 8, 5
@@ -19,6 +19,7 @@ def inputs(student_logits, teacher_logits, hidden_s=None, hidden_t=None, modules
         teacher_ids=ids,
         teacher_scores=scores,
         targets=ids[:, 0],
+        teacher_log_norm=teacher_logits.logsumexp(1),
         teacher_hidden=hidden_t if hidden_t is not None else torch.randn(M, D),
         modules=modules or nn.ModuleDict(),
     )
@@ -29,7 +30,7 @@ def call(name, x):
     return loss.fn(x, **loss.defaults)
 
 
-@pytest.mark.parametrize("name", ["hard", "soft", "rd", "rrd"])
+@pytest.mark.parametrize("name", ["hard", "soft", "soft_full", "rd", "rrd"])
 def test_minimal_when_student_equals_teacher(name):
     """Among all permutations of the teacher's own scores, the teacher's ordering scores best."""
     teacher = torch.randn(M, N) * 3
@@ -49,6 +50,35 @@ def test_soft_is_zero_when_equal():
     assert call("soft", inputs(teacher.clone(), teacher)).abs().max() < 1e-5
 
 
+def test_soft_full_is_zero_when_equal_and_the_exact_kl_over_all_items():
+    teacher, student = torch.randn(M, N) * 2, torch.randn(M, N) * 2
+    assert call("soft_full", inputs(teacher.clone(), teacher)).abs().max() < 1e-5
+    full_kl = (teacher.softmax(1) * (teacher.log_softmax(1) - student.log_softmax(1))).sum(1)
+    # with the top-K covering the catalogue it is the full KL; with K < N it pools the rest into one
+    # class, a coarser partition: never more than the full KL (log-sum inequality), and more than 0
+    scores, ids = teacher.topk(N, dim=1)
+    whole = KDInputs(student_logits=student, student_hidden=torch.randn(M, D), teacher_ids=ids, teacher_scores=scores,
+                     targets=ids[:, 0], teacher_log_norm=teacher.logsumexp(1))
+    assert torch.allclose(call("soft_full", whole), full_kl, atol=1e-5)
+    pooled = call("soft_full", inputs(student, teacher))
+    assert (pooled <= full_kl + 1e-6).all() and (pooled > 0).all()
+
+
+def test_soft_full_moves_mass_into_the_top_k_where_soft_cannot():
+    """A student with the teacher's scores but every top-K item lowered by the same amount has the
+    teacher's distribution within the top-K and too little mass on it: ``soft`` (renormalised over
+    the top-K) sees nothing, ``soft_full`` sees the gap, and its gradient raises every top-K item."""
+    teacher = torch.randn(M, N) * 3
+    x = inputs(teacher.clone(), teacher)
+    lowered = teacher.clone().scatter_add_(1, x.teacher_ids, torch.full((M, K), -2.0)).requires_grad_(True)
+    x = inputs(lowered, teacher)
+    assert call("soft", x).abs().max() < 1e-5
+    gap = call("soft_full", x)
+    assert (gap > 1e-3).all()
+    gap.sum().backward()
+    assert (lowered.grad.gather(1, x.teacher_ids) < 0).all()  # descending raises each top-K item
+
+
 def test_hint_is_zero_when_equal_and_projection_identity():
     h = torch.randn(M, D)
     proj = nn.Linear(D, D, bias=False)
@@ -58,7 +88,7 @@ def test_hint_is_zero_when_equal_and_projection_identity():
     assert call("hint", x).abs().max() < 1e-7
 
 
-@pytest.mark.parametrize("name", ["hard", "soft", "rd", "rrd"])
+@pytest.mark.parametrize("name", ["hard", "soft", "soft_full", "rd", "rrd"])
 def test_gradient_raises_teacher_top_item(name):
     """Descending the loss raises the student's score of the teacher's top-1 item relative to the rest."""
     teacher = torch.randn(M, N) * 3

@@ -76,6 +76,7 @@ CACHE_SCRIPT = textwrap.dedent(
         dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
         shared = TeacherOutputs(teacher, train, 5, True, cached=True, device=torch.device("cpu"), batch_size=7)
         assert torch.equal(single.ids, shared.ids) and torch.equal(single.scores, shared.scores)
+        assert torch.equal(single.log_norm, shared.log_norm)
         assert torch.equal(single.hidden, shared.hidden)
         dist.destroy_process_group()
         print("rank", rank, "cache equal", tuple(shared.ids.shape), flush=True)

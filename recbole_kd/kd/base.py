@@ -23,6 +23,9 @@ class KDInputs:
     teacher_ids: torch.Tensor  # [M, K] teacher's top-K items, best first
     teacher_scores: torch.Tensor  # [M, K] teacher's scores of those items
     targets: torch.Tensor  # [M] ground-truth items
+    # [M] log of the sum of exp(teacher score) over every item the teacher may rank at that row (its
+    # top-K and the rest): teacher_scores - teacher_log_norm are the teacher's log-probabilities
+    teacher_log_norm: torch.Tensor | None = None
     teacher_hidden: torch.Tensor | None = None  # [M, d_t] (only for losses that need it)
     modules: nn.ModuleDict = field(default_factory=nn.ModuleDict)
     # item ids a loss draws before the student is scored (its ``extra_ids`` hook), by loss name;

@@ -326,7 +326,9 @@ def distilled_from_raw_top_k(model: str, result: dict) -> bool:
 
 
 class TeacherOutputs:
-    """The teacher's top-K items, their scores and (optionally) hidden states for every row the
+    """The teacher's top-K items, their scores, the log-normaliser of its scores over every item it
+    may rank (``log_norm``: ``scores - log_norm`` are its log-probabilities, so a loss can tell how
+    much probability lies outside the top-K) and (optionally) hidden states, for every row the
     student trains on. ``cached=True``: computed once for the whole training set; otherwise
     computed batch by batch (same functions, same results)."""
 
@@ -358,7 +360,7 @@ class TeacherOutputs:
                     self._save(self.cache_file)
 
     # ---- on-disk cache (kd_cache_dir): shared by every student of the same teacher and data -----------
-    _CACHED = ("ids", "scores", "hidden", "offsets", "user_index")
+    _CACHED = ("ids", "scores", "log_norm", "hidden", "offsets", "user_index")
 
     def _digest(self, train_data) -> str:
         """Hash of everything the cached tensors are computed from: the teacher's weights and the
@@ -428,7 +430,7 @@ class TeacherOutputs:
             logits = logits.masked_fill(self.history_mask[users].to(logits.device), float("-inf"))
         logits[:, 0] = float("-inf")  # padding id
         scores, ids = logits.topk(self.topk, dim=1)
-        return ids, scores, (hidden if self.need_hidden else None)
+        return ids, scores, torch.logsumexp(logits.float(), dim=1), (hidden if self.need_hidden else None)
 
     @torch.no_grad()
     def position_rows(self, window: torch.Tensor, own_from: torch.Tensor):
@@ -490,7 +492,7 @@ class TeacherOutputs:
 
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world == 1 or n_rows < world:
-            self.ids, self.scores, self.hidden = compute(0, n_rows)
+            self.ids, self.scores, self.log_norm, self.hidden = compute(0, n_rows)
             return
         # distributed: each rank computes one contiguous block, then every block is broadcast from
         # the rank that computed it, so the cache is built once and is identical on all ranks
@@ -498,33 +500,36 @@ class TeacherOutputs:
 
         bounds = [int(b[0]) if b.numel() else n_rows for b in torch.tensor_split(torch.arange(n_rows), world)] + [n_rows]
         rank = dist.get_rank()
-        ids, scores, hidden = compute(bounds[rank], bounds[rank + 1])
+        ids, scores, log_norm, hidden = compute(bounds[rank], bounds[rank + 1])
         counts = [int(rows_per_unit[bounds[r] : bounds[r + 1]].sum()) for r in range(world)]
         self.ids = broadcast_parts(ids, counts, ids)
         self.scores = broadcast_parts(scores, counts, scores)
+        self.log_norm = broadcast_parts(log_norm, counts, log_norm)
         self.hidden = broadcast_parts(hidden, counts, hidden) if hidden is not None else None
 
     def _collect(self, outputs):
-        parts_ids, parts_scores, parts_hidden = [], [], []
-        for ids, scores, hidden in outputs:
+        parts_ids, parts_scores, parts_norm, parts_hidden = [], [], [], []
+        for ids, scores, log_norm, hidden in outputs:
             parts_ids.append(ids.cpu())
             parts_scores.append(scores.cpu())
+            parts_norm.append(log_norm.cpu())
             if hidden is not None:
                 parts_hidden.append(hidden.cpu())
         ids = torch.cat(parts_ids).to(torch.int32) if parts_ids else torch.zeros((0, self.topk), dtype=torch.int32)
         scores = torch.cat(parts_scores).float() if parts_scores else torch.zeros((0, self.topk))
+        log_norm = torch.cat(parts_norm).float() if parts_norm else torch.zeros(0)
         hidden = torch.cat(parts_hidden).float() if parts_hidden else None
-        return ids, scores, hidden
+        return ids, scores, log_norm, hidden
 
     def nbytes(self) -> int:
         if not self.cached:
             return 0
-        total = self.ids.numel() * 4 + self.scores.numel() * 4
+        total = self.ids.numel() * 4 + self.scores.numel() * 4 + self.log_norm.numel() * 4
         return total + (self.hidden.numel() * 4 if self.hidden is not None else 0)
 
     # ---- lookup -----------------------------------------------------------------------------------
     def rows(self, keys, interaction):
-        """(ids [M, K], scores [M, K], hidden [M, d_t] | None) for the student's rows ``keys``."""
+        """(ids [M, K], scores [M, K], log_norm [M], hidden [M, d_t] | None) for the student's rows ``keys``."""
         kind = keys[0]
         if not self.cached:
             if kind == "position":
@@ -542,7 +547,8 @@ class TeacherOutputs:
         else:
             index = self.user_index[keys[1].cpu()]
         hidden = self.hidden[index].to(self.device) if self.hidden is not None else None
-        return self.ids[index].long().to(self.device), self.scores[index].to(self.device), hidden
+        return (self.ids[index].long().to(self.device), self.scores[index].to(self.device),
+                self.log_norm[index].to(self.device), hidden)
 
 
 def load_checkpoints(dataset_name: str, paths, overrides: dict | None = None):

@@ -129,7 +129,7 @@ class DistillTrainer(KDTrainer):
     # ---- the loss ---------------------------------------------------------------------------------
     def kd_inputs(self, interaction):
         rows = self.model.kd_rows(interaction)
-        ids, scores, t_hidden = self.teacher_outputs.rows(rows["keys"], interaction)
+        ids, scores, log_norm, t_hidden = self.teacher_outputs.rows(rows["keys"], interaction)
         output_layer = getattr(self.model, "output_layer", None)
         # student scores where the losses read them (the teacher's top-K in one chunked pass with the
         # normaliser), never the [M, n_items] logits: a distillation epoch costs little more than a
@@ -149,6 +149,7 @@ class DistillTrainer(KDTrainer):
             teacher_ids=ids,
             teacher_scores=scores,
             targets=rows["targets"],
+            teacher_log_norm=log_norm,
             teacher_hidden=t_hidden,
             modules=self.kd_modules,
             extra_ids=extra,

@@ -1,2 +1,2 @@
 """Built-in KD losses; each module registers one."""
-from recbole_kd.kd.losses import hard, hint, rd, rrd, soft  # noqa: F401
+from recbole_kd.kd.losses import hard, hint, rd, rrd, soft, soft_full  # noqa: F401
