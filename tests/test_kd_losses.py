@@ -11,8 +11,8 @@ torch.manual_seed(0)
 M, N, K, D = 6, 40, 8, 5
 
 
-def inputs(student_logits, teacher_logits, hidden_s=None, hidden_t=None, modules=None):
-    scores, ids = teacher_logits.topk(K, dim=1)
+def inputs(student_logits, teacher_logits, hidden_s=None, hidden_t=None, modules=None, k=K):
+    scores, ids = teacher_logits.topk(k, dim=1)
     return KDInputs(
         student_logits=student_logits,
         student_hidden=hidden_s if hidden_s is not None else torch.randn(M, D),
@@ -56,10 +56,7 @@ def test_soft_full_is_zero_when_equal_and_the_exact_kl_over_all_items():
     full_kl = (teacher.softmax(1) * (teacher.log_softmax(1) - student.log_softmax(1))).sum(1)
     # with the top-K covering the catalogue it is the full KL; with K < N it pools the rest into one
     # class, a coarser partition: never more than the full KL (log-sum inequality), and more than 0
-    scores, ids = teacher.topk(N, dim=1)
-    whole = KDInputs(student_logits=student, student_hidden=torch.randn(M, D), teacher_ids=ids, teacher_scores=scores,
-                     targets=ids[:, 0], teacher_log_norm=teacher.logsumexp(1))
-    assert torch.allclose(call("soft_full", whole), full_kl, atol=1e-5)
+    assert torch.allclose(call("soft_full", inputs(student, teacher, k=N)), full_kl, atol=1e-5)
     pooled = call("soft_full", inputs(student, teacher))
     assert (pooled <= full_kl + 1e-6).all() and (pooled > 0).all()
 
