@@ -820,20 +820,24 @@ def _plots(rows, out) -> dict:
             ax.legend(fontsize=7)
             fig.tight_layout()
             name = f"plots/{slug}_ndcg_vs_{suffix}.png"
-            fig.savefig(os.path.join(out, name), dpi=110)
+            fig.savefig(os.path.join(out, name), dpi=110, bbox_inches="tight")
             plt.close(fig)
             made.setdefault(ds, []).append((f"{ds} NDCG@10 vs {suffix}", name))
         gains = [r for r in ok if r["group"] in ("distilled", "transfer") and r.get("vs_student_alone")]
         if gains:
-            fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * len(gains)))
-            ax.barh([r["label"] for r in gains], [r["vs_student_alone"] - 1 for r in gains],
-                    color=["tab:green" if r["vs_student_alone"] >= 1 else "tab:red" for r in gains])
+            # the title and the x label need about an inch whatever the number of bars: with one bar, a height
+            # proportional to the bars alone left it no room (a squashed strip with the title cut)
+            fig, ax = plt.subplots(figsize=(6.4, 1.6 + 0.45 * len(gains)))
+            bars = ax.barh([r["label"] for r in gains], [r["vs_student_alone"] - 1 for r in gains],
+                           color=["tab:green" if r["vs_student_alone"] >= 1 else "tab:red" for r in gains])
+            ax.bar_label(bars, labels=[f"{r['vs_student_alone']:.2f}x" for r in gains], padding=3, fontsize=7)
+            ax.margins(x=0.15)
             ax.axvline(0, color="black", lw=0.8)
             ax.set_xlabel("NDCG@10 gain over the student alone (ratio - 1)")
             ax.set_title(f"{ds}: KD gain per row")
             fig.tight_layout()
             name = f"plots/{slug}_kd_gain.png"
-            fig.savefig(os.path.join(out, name), dpi=110)
+            fig.savefig(os.path.join(out, name), dpi=110, bbox_inches="tight")
             plt.close(fig)
             made.setdefault(ds, []).append((f"{ds} KD gain", name))
     return made

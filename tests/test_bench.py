@@ -404,3 +404,23 @@ def test_no_ratio_to_a_reference_within_noise(tmp_path):
     report = (tmp_path / "README.md").read_text()
     assert "| distilled | KD-MF | KD-MF | 3/3 | 0.0004 ± 0.0001 |" in report
     assert "| 2 | n/a | 0.400 |" in report
+
+
+def test_kd_gain_plot_of_one_row_keeps_room_for_its_bar(tmp_path):
+    # one transfer row used to give a 0.95-inch figure whose title and axis label left the bar no height
+    import struct
+
+    from recbole_kd.bench import _plots
+
+    def row(label, group, ndcg, ratio=None):
+        return {"dataset": "tiny", "status": "ok", "label": label, "group": group, "num_params": 1000,
+                "latency_ms": 5.0, "ndcg@10": (ndcg, 0.0001), "vs_student_alone": ratio}
+
+    rows = [row("target only (20%)", "student", 0.001, 1.0),
+            row("shared_tokens from a source dataset with a long name (20%)", "transfer", 0.0098, 9.8)]
+    made = _plots(rows, str(tmp_path))
+    assert [name for _, name in made["tiny"]][-1] == "plots/tiny_kd_gain.png"
+    head = (tmp_path / "plots" / "tiny_kd_gain.png").read_bytes()[:24]
+    width, height = struct.unpack(">II", head[16:24])
+    assert height >= 150, height  # 1.6 in + 0.45 in per bar at 110 dpi, less the trimmed margin
+    assert width > 300
