@@ -784,6 +784,18 @@ def pareto_front(points):
     return front
 
 
+def plot_points(rows, key: str):
+    """(points (x, NDCG@10), Pareto-front indices, per row "" or the device it was timed on when that is not
+    the most common one). Latency depends on the machine: rows timed on another device (cells merged from
+    a GPU run) are marked and left out of the latency front; parameters count the same everywhere."""
+    pts = [(r[key], r["ndcg@10"][0]) for r in rows]
+    devices = ["+".join(r.get("devices") or ["cpu"]) for r in rows]
+    ref = max(devices, key=devices.count) if key == "latency_ms" and devices else None
+    other = [dev if ref is not None and dev != ref else "" for dev in devices]
+    same = [i for i, dev in enumerate(other) if not dev]
+    return pts, [same[i] for i in pareto_front([pts[i] for i in same])], other
+
+
 def _plots(rows, out) -> dict:
     try:
         import matplotlib
@@ -803,16 +815,19 @@ def _plots(rows, out) -> dict:
         for key, xlabel, suffix in (("num_params", "parameters", "params"),
                                     ("latency_ms", "full-sort latency for 256 users (ms)", "latency")):
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            pts = [(r[key], r["ndcg@10"][0]) for r in ok]
-            for r, (x, y) in zip(ok, pts):
-                ax.errorbar(x, y, yerr=r["ndcg@10"][1], fmt="o", color=colors[r["group"]], capsize=3)
-                ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-            front = pareto_front(pts)
+            pts, front, other = plot_points(ok, key)
+            for r, (x, y), dev in zip(ok, pts, other):
+                ax.errorbar(x, y, yerr=r["ndcg@10"][1], fmt="o", color=colors[r["group"]], capsize=3,
+                            mfc="none" if dev else colors[r["group"]])
+                ax.annotate(r["label"] + (f" ({dev})" if dev else ""), (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="black", lw=1,
                     label="Pareto front")
             for g in GROUPS:
                 if any(r["group"] == g for r in ok):
                     ax.plot([], [], "o", color=colors[g], label=g)
+            if any(other):
+                ax.plot([], [], "o", color="black", mfc="none", label="latency timed on another device")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel + " (log)")
             ax.set_ylabel("test NDCG@10")

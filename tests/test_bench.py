@@ -424,3 +424,20 @@ def test_kd_gain_plot_of_one_row_keeps_room_for_its_bar(tmp_path):
     width, height = struct.unpack(">II", head[16:24])
     assert height >= 150, height  # 1.6 in + 0.45 in per bar at 110 dpi, less the trimmed margin
     assert width > 300
+
+
+def test_latency_front_leaves_out_rows_timed_on_another_device():
+    # ml-1m's report mixes CPU cells with a teacher and a student timed on an H200: a 20 ms GPU latency
+    # beside 400 ms CPU ones is not a trade-off, so those rows are marked and kept out of the latency front
+    from recbole_kd.bench import plot_points
+
+    def row(params, ms, ndcg, devices):
+        return {"num_params": params, "latency_ms": ms, "ndcg@10": (ndcg, 0.0), "devices": devices}
+
+    rows = [row(1, 0.3, 0.02, ["cpu"]), row(150_000, 0.7, 0.07, ["cpu"]), row(150_000, 450.0, 0.09, ["cpu"]),
+            row(2_000_000, 20.0, 0.127, ["cuda"]), row(140_000, 10.0, 0.091, ["cuda"])]
+    pts, front, other = plot_points(rows, "latency_ms")
+    assert other == ["", "", "", "cuda", "cuda"]
+    assert front == [0, 1, 2]
+    pts, front, other = plot_points(rows, "num_params")
+    assert other == [""] * 5 and front == [0, 4, 3]
