@@ -247,3 +247,38 @@ def test_item_scores_compute_the_normaliser_only_when_asked(monkeypatch):
     s = ItemScores(h, w, prefetch=(top, extra))  # the student's cross-entropy first: one pass for all
     s.logsumexp()
     assert calls == [1, 2] and s.gather(1, top) is s.gather(1, top)
+
+
+def _short_rows(pad_ids):
+    """Inputs where row 0 has 3 ranked items and row 1 none (the teacher's top-K padded with score -inf,
+    as TeacherOutputs pads a row with fewer than K items it may rank); ``pad_ids`` fill the padding."""
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(M, N, generator=g)
+    teacher = torch.randn(M, N, generator=g) * 2
+    scores, ids = teacher[:, 20:].topk(K, dim=1)
+    ids = ids + 20  # ranked items among 20..39
+    scores, ids = scores.clone(), ids.clone()
+    scores[0, 3:] = float("-inf")
+    scores[1, :] = float("-inf")
+    ids[0, 3:] = pad_ids[: K - 3]
+    ids[1, :] = pad_ids[:K]
+    x = KDInputs(student_logits=student, student_hidden=torch.randn(M, D), teacher_ids=ids, teacher_scores=scores,
+                 targets=ids[:, 0], teacher_log_norm=teacher.logsumexp(1), teacher_hidden=torch.randn(M, D))
+    # rrd's uninteresting items, fixed and apart from every id above
+    x.extra_ids = {"rrd": torch.randint(10, 20, (M, 30), generator=g)}
+    return x
+
+
+@pytest.mark.parametrize("name", ["hard", "soft", "soft_full", "rd", "rrd"])
+def test_padded_entries_of_short_rows_are_never_read(name):
+    """A row with fewer than K items the teacher may rank: its padded ids (arbitrary masked items) must
+    not change the loss, and a row with none gives 0, never NaN (hard / rd / rrd read them as labels)."""
+    x = _short_rows(torch.arange(1, 9))
+    x.student_logits.requires_grad_(True)
+    a = call(name, x)
+    b = call(name, _short_rows(torch.arange(2, 10).flip(0)))
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    a.sum().backward()
+    assert torch.isfinite(x.student_logits.grad).all()
+    assert torch.allclose(a, b, atol=1e-6), (name, a[:2], b[:2])
+    assert float(a[1]) == pytest.approx(0.0, abs=1e-6)

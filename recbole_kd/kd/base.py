@@ -41,6 +41,20 @@ class KDInputs:
             return self.student_logits.log_softmax()
         return F.log_softmax(self.student_logits, dim=1)
 
+    @cached_property
+    def teacher_valid(self) -> torch.Tensor:
+        """[M, K] bool: the teacher's top-K entry is a real ranked item. A row with fewer than K items the
+        teacher may rank (the rest masked as seen) is padded with score -inf and an arbitrary (masked) id,
+        which no loss may read as a label."""
+        return torch.isfinite(self.teacher_scores)
+
+    def student_top(self, values: torch.Tensor, fill: float = float("-inf")) -> torch.Tensor:
+        """``values`` [M, K] (student scores or log-probabilities of the teacher's top-K) with the padded
+        entries set to ``fill``; a row with no ranked item at all is left as it is (every loss gives it
+        weight 0), so that it never turns into NaN."""
+        pad = ~self.teacher_valid & self.teacher_valid.any(1, keepdim=True)
+        return values.masked_fill(pad, fill)
+
     def log_prob_of(self, items: torch.Tensor) -> torch.Tensor:
         """[M] student log-probability of one item per row (e.g. the ground truth)."""
         return self.log_probs.gather(1, items.unsqueeze(1)).squeeze(1)

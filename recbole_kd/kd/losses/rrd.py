@@ -29,6 +29,7 @@ def suffix_logsumexp(top: torch.Tensor) -> torch.Tensor:
     (on CPU about 6x cheaper, with backward, than ``torch.logcumsumexp``; a suffix more than ~87 nats
     below its row's maximum is floored at the smallest float instead of underflowing to -inf)."""
     peak = top.detach().max(1, keepdim=True).values
+    peak = peak.masked_fill(~torch.isfinite(peak), 0.0)  # a row of -inf only: its suffixes stay -inf-like
     cum = (top - peak).exp().flip(1).cumsum(1).flip(1)
     return cum.clamp_min(torch.finfo(top.dtype).tiny).log() + peak
 
@@ -37,8 +38,15 @@ def suffix_logsumexp(top: torch.Tensor) -> torch.Tensor:
 def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
     """Relaxed ranking distillation (Kang et al., CIKM'20): list-wise likelihood that the
     student ranks the teacher's top-K in the teacher's order, each above uniformly sampled
-    uninteresting items (items in the top-K are never counted as uninteresting)."""
+    uninteresting items (items in the top-K are never counted as uninteresting).
+
+    Differs from the paper in two documented ways: the paper samples its interesting items from
+    the teacher's top-N (N > K) with probability falling with rank, where the whole top-K here is the
+    interesting list, in the teacher's order; and the paper sums the K terms where this averages them
+    (the sum divided by the number of ranked items in the row: kd_losses weight w here is w / K there).
+    Padded entries of a row with fewer than K ranked items are left out of the list."""
     scores = x.student_logits
+    valid = x.teacher_valid  # [M, K]
     top = scores.gather(1, x.teacher_ids)  # [M, K]
     sampled = x.extra_ids.get("rrd")
     if sampled is None:
@@ -47,6 +55,8 @@ def relaxed_ranking_distillation_loss(x: KDInputs, num_uninteresting: int):
     clash = row_membership(sampled, x.teacher_ids, scores.size(1))
     unint = unint.masked_fill(clash, float("-inf"))
     lse_unint = torch.logsumexp(unint, dim=1, keepdim=True)  # [M, 1]
-    suffix = suffix_logsumexp(top)  # logsumexp of top[k:]
+    # padded entries sit at the end of the list (score -inf): they take no part in any suffix
+    suffix = suffix_logsumexp(top.masked_fill(~valid, float("-inf")))  # logsumexp of top[k:]
     denom = torch.logaddexp(suffix, lse_unint)
-    return -(top - denom).mean(1)
+    terms = torch.where(valid, top - denom, torch.zeros_like(top))
+    return -terms.sum(1) / valid.sum(1).clamp_min(1)

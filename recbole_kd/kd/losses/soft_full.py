@@ -19,7 +19,8 @@ def soft_full_loss(x: KDInputs):
     the teacher's log-normaliser (cached with its top-K) and the student's (the one its own
     cross-entropy computes)."""
     p_log = x.teacher_scores - x.teacher_log_norm.unsqueeze(1)  # teacher log-probabilities of its top-K
-    q_log = x.log_probs.gather(1, x.teacher_ids)  # student log-probabilities over all items
+    # student log-probabilities over all items; padded entries of a short row belong to the pooled rest
+    q_log = x.log_probs.gather(1, x.teacher_ids).masked_fill(~x.teacher_valid, float("-inf"))
     p = p_log.exp()  # 0 where a row has fewer than K rankable items (score -inf)
     top = torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p)).sum(1)
     p_rest_log = _log1mexp(torch.logsumexp(p_log, dim=1))
