@@ -99,6 +99,9 @@ def main():
             if "requested" in stored and stored["requested"] != requested:  # cells from before it: not checked
                 fail(f"{path} was run with other settings ({stored['requested']}, now {requested}); "
                      "delete it or use another --out")
+            if not args.render_only and not stored.get("test_result_by_protocol"):
+                fail(f"{path} was scored (and its checkpoint selected) under RecBole's protocol only, before "
+                     "runs recorded both protocols; delete it or use another --out")
             if (not args.render_only and bool(overrides.get("kd_mask_seen", True))
                     and distilled_from_raw_top_k(model, stored)):
                 fail(f"{path} was distilled from the teacher's raw top-K (before kd_mask_seen); "
@@ -278,6 +281,21 @@ def fmt(ms, digits=4):
     return "n/a" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def report_protocol(teacher, rows) -> str:
+    """Which evaluation protocol the stored cells' metrics are under (cells from before both protocols were
+    recorded: RecBole's)."""
+    from recbole_kd.protocol import DESCRIPTION, RECBOLE
+
+    found = {c.get("protocol") or RECBOLE for c in [teacher, *(r for runs in rows.values() for r in runs)]}
+    return "; ".join(f"{p} ({DESCRIPTION[p]})" for p in sorted(found))
+
+
+def headline_row(kd_rows: dict) -> str:
+    """The distilled row a report leads with: the best mean *validation* NDCG@10 (choosing among several
+    loss configurations by their test NDCG@10 would select on the test set)."""
+    return max(kd_rows, key=lambda c: kd_rows[c]["valid_ndcg10_mean"])
+
+
 def render(args, teacher, rows, members=()):
     t_ndcg = teacher["test_result"]["ndcg@10"]
     base = rows.get("student")
@@ -296,6 +314,8 @@ def render(args, teacher, rows, members=()):
                  "distilled runs use this checkpoint.")
     lines = [
         f"# Distillation on {args.dataset} (leave-one-out, full ranking; {len(args.seeds)} seeds: {args.seeds})",
+        "",
+        f"Protocol: {report_protocol(teacher, rows)}.",
         "",
         about,
         "",
@@ -323,7 +343,8 @@ def render(args, teacher, rows, members=()):
             f"{'-' if vs_student is None else f'{vs_student:.3f}'} | {n[0] / t_ndcg:.3f} |"
         )
         summary["rows"][cell] = {
-            "ndcg10_mean": n[0], "ndcg10_std": n[1], "vs_student_alone": vs_student, "vs_teacher": n[0] / t_ndcg,
+            "ndcg10_mean": n[0], "ndcg10_std": n[1],
+            "valid_ndcg10_mean": mean_std([r["best_valid_result"]["ndcg@10"] for r in runs])[0], "vs_student_alone": vs_student, "vs_teacher": n[0] / t_ndcg,
             "seconds_per_epoch": epoch, "latency_seconds": lat, "num_params": runs[0]["num_params"],
             "seeds": [r["seed"] for r in runs],
         }
@@ -333,7 +354,7 @@ def render(args, teacher, rows, members=()):
     # targets are judged on rows with every seed: a row still missing seeds is reported, never "best"
     kd_rows = {c: v for c, v in summary["rows"].items() if c.startswith("kd:") and len(v["seeds"]) == len(args.seeds)}
     if kd_rows and base:
-        best = max(kd_rows, key=lambda c: kd_rows[c]["ndcg10_mean"])
+        best = headline_row(kd_rows)
         b = kd_rows[best]
         summary["best_kd"] = best
         summary["targets"] = {
@@ -361,7 +382,8 @@ def render(args, teacher, rows, members=()):
             "teacher_over_student_latency": latency_ratio,
             "kd_epoch_over_student_epoch": b["seconds_per_epoch"] / base_epoch,
         }
-        lines += ["", f"Best distilled row (among rows with all {len(args.seeds)} seeds): `{best}`."]
+        lines += ["", f"Headline distilled row (highest mean valid NDCG@10 among rows with all {len(args.seeds)} "
+                      f"seeds; test metrics never choose it): `{best}`."]
         for k, v in summary["ratios"].items():
             lines.append(f"- {k}: {v:.3f}")
         lines += ["", f"Latency ratio from: {latency_note}.",

@@ -99,8 +99,10 @@ def main():
         f"| true next item in the top-10 | {raw['target_in_top10']:.1%} | {masked['target_in_top10']:.1%} |",
         f"| true next item in the top-K | {raw['target_in_top_k']:.1%} | {masked['target_in_top_k']:.1%} |",
         "",
-        "RecBole's full-sort evaluation masks a user's history, so an item of the prefix at the top of the "
-        "teacher's list costs the teacher nothing at evaluation, but a KD loss that reads the raw list "
+        "Under the filter-seen protocol (recbole-kd's default) a user's history is removed from every ranking, so "
+        "an item of the prefix at the top of the teacher's list costs the teacher nothing at evaluation (RecBole's "
+        "own protocol does not remove it for sequential models, where it is a guaranteed miss on data without "
+        "repeats), but a KD loss that reads the raw list "
         "(hard: its top-1; rd: its top-K as weighted positives; soft: its distribution) teaches the student "
         "to predict the item just consumed.",
     ]

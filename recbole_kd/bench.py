@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from recbole_kd.protocol import FILTER_SEEN, PROTOCOLS, RECBOLE
+
 GROUPS = ("baseline", "teacher", "student", "distilled", "transfer")
 
 
@@ -321,7 +323,7 @@ def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell])
         except RuntimeError:
             rec = None
         ckpt = rec and rec["result"].get("checkpoint")
-        if ckpt and os.path.exists(os.path.join(out, ckpt)):
+        if ckpt and os.path.exists(os.path.join(out, ckpt)) and not legacy_record(rec):
             continue
         rows = [t for t in cells if t.dataset == c.dataset and t.label == c.teacher_from and t.skip is None
                 and (rec is None or t.seed == rec["seed"])]  # cells are in seed order within a row
@@ -535,7 +537,10 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
     if only and not any(selected(c, only) for c in cells):
         raise SuiteError(f"--only {' '.join(only)} matches no cell of {path}; "
                          "patterns match a label, model, dataset or cell id (see --dry-run)")
-    todo = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records and selected(c, only)]
+    # cells stored before both protocols were recorded are reported as they are, and run again when selected
+    stale = {k for k, rec in records.items() if legacy_record(rec)}
+    todo = [c for c in cells if c.skip is None and ((c.dataset, c.label, c.seed) not in records
+                                                    or (c.dataset, c.label, c.seed) in stale) and selected(c, only)]
     reruns = teacher_reruns(cells, records, out, todo)
     if reruns:  # teachers come first in ``cells``, so they run before the students that need them
         wanted = set(reruns) | {c.id for c in todo}
@@ -547,6 +552,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
         total, unknown = 0.0, 0
         for c in cells:
             state = ("to run (teacher)" if c.id in reruns else
+                     "to run (one protocol)" if (c.dataset, c.label, c.seed) in stale and selected(c, only) else
                      "done" if (c.dataset, c.label, c.seed) in records else
                      f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
                      "failed before" if failed_record(out, c) else "to run")
@@ -615,8 +621,11 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
             rows.append(row)
             continue
         res = [r["result"] for r in runs]
-        for m in METRICS:
-            row[m] = _mean_std([r["test_result"].get(m) for r in res])
+        for protocol in PROTOCOLS:
+            tables = [protocol_result(r, protocol) for r in res]
+            row[protocol] = (None if any(t is None for t in tables) else
+                             {m: _mean_std([t.get(m) for t in tables]) for m in METRICS})
+        row["protocols_selected"] = sorted({r.get("protocol") or RECBOLE for r in res})
         row["num_params"] = res[0]["num_params"]
         row["latency_ms"] = statistics.median([1000 * r["latency_seconds"] for r in res])
         row["seconds_per_epoch"] = statistics.mean([r["train_seconds_per_epoch"] for r in res])
@@ -625,31 +634,67 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         row["devices"] = sorted({(r.get("machine") or {}).get("device", "cpu") for r in runs})
         row["status"] = "ok"
         rows.append(row)
-    # reference rows for the ratio columns
-    for row in rows:
-        if row.get("status") != "ok":
-            continue
-        same = [r for r in rows if r["dataset"] == row["dataset"] and r.get("status") == "ok"]
-        ref = _student_ref(row, same)
-        teacher = _teacher_ref(row, same)
-        row["vs_student_alone"] = _ratio(row, ref)
-        row["vs_student_label"] = ref["label"] if ref else None
-        row["vs_teacher"] = _ratio(row, teacher)
-        row["vs_teacher_label"] = teacher["label"] if teacher else None
-        row["vs_noise"] = [k for k, r in (("vs_student_alone", ref), ("vs_teacher", teacher)) if _in_noise(r)]
+    # each dataset is reported under one protocol (the one its cells selected; filter_seen by default), the
+    # other shown beside it; ratios only ever compare two rows under the same protocol
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        same = [r for r in rows if r["dataset"] == ds and r.get("status") == "ok"]
+        main = FILTER_SEEN if any(FILTER_SEEN in r["protocols_selected"] for r in same) or not same else RECBOLE
+        for row in rows:
+            if row["dataset"] != ds:
+                continue
+            row["protocol"] = main
+            if row.get("status") != "ok":
+                continue
+            for m in METRICS:
+                row[m] = (row[main] or {}).get(m, (None, None))
+        for row in same:
+            ref = _student_ref(row, same)
+            teacher = _teacher_ref(row, same)
+            row["vs_student_alone"] = _ratio(row, ref, main)
+            row["vs_student_label"] = ref["label"] if ref else None
+            row["vs_teacher"] = _ratio(row, teacher, main)
+            row["vs_teacher_label"] = teacher["label"] if teacher else None
+            row["vs_noise"] = [k for k, r in (("vs_student_alone", ref), ("vs_teacher", teacher)) if _in_noise(r, main)]
+            other = _other(main)
+            row["other_protocol"] = other
+            row["vs_student_alone_other"] = _ratio(row, ref, other)
+            row["vs_teacher_other"] = _ratio(row, teacher, other)
     return rows
 
 
-def _in_noise(ref) -> bool:
+def protocol_result(result: dict, protocol: str) -> dict | None:
+    """A cell's test metrics under ``protocol``, or None where it was not measured: a cell stored before
+    both protocols were recorded was scored, and its checkpoint selected, under RecBole's protocol only."""
+    table = result.get("test_result_by_protocol")
+    if table:
+        return table.get(protocol)
+    return result.get("test_result") if protocol == RECBOLE else None
+
+
+def legacy_record(rec: dict) -> bool:
+    """A cell stored before every run recorded both protocols (it is run again when selected)."""
+    return not (rec.get("result") or {}).get("test_result_by_protocol")
+
+
+def _other(protocol: str) -> str:
+    return RECBOLE if protocol == FILTER_SEEN else FILTER_SEEN
+
+
+PROTOCOL_NAMES = {FILTER_SEEN: "filter-seen", RECBOLE: "RecBole"}
+
+
+def _in_noise(ref, protocol) -> bool:
     """A reference row whose mean NDCG@10 is not above its spread over seeds (or is 0): a ratio to it is noise."""
-    if not ref:
+    if not ref or not ref.get(protocol):
         return False
-    mean, std = ref["ndcg@10"]
+    mean, std = ref[protocol]["ndcg@10"]
     return not mean or (std is not None and mean <= std)
 
 
-def _ratio(row, ref):
-    return None if not ref or _in_noise(ref) else row["ndcg@10"][0] / ref["ndcg@10"][0]
+def _ratio(row, ref, protocol):
+    if not ref or not row.get(protocol) or not ref.get(protocol) or _in_noise(ref, protocol):
+        return None
+    return row[protocol]["ndcg@10"][0] / ref[protocol]["ndcg@10"][0]
 
 
 def _student_ref(row, same):
@@ -714,38 +759,61 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
     lines += [
         f"Command: `python -m recbole_kd bench {os.path.relpath(suite['_path'])}`  ",
         "Protocol: RecBole's leave-one-out split by time, full ranking over all items, best-on-valid "
-        "checkpoint (NDCG@10) evaluated on test; every cell is one CLI run.  ",
+        "checkpoint (NDCG@10) evaluated on test; every cell is one CLI run. Each dataset's table is under one "
+        "evaluation protocol (the one its cells selected with `filter_seen`, named in its heading), the other "
+        "beside it: **filter-seen** removes every item the user saw before the target from the ranking (as the "
+        "published SASRec / gSASRec / BERT4Rec figures do); **RecBole** is RecBole 1.2.1's own rule (general "
+        "models: training history removed; sequential models: nothing removed).  ",
         f"Cells ran on: {_machines_line(records.values()) or 'no cell has run yet'}; report of commit {commit}.",
         "",
     ]
     for ds in dict.fromkeys(c.dataset for c in cells):
-        lines += [f"## {ds}", "",
-                  "| group | row | model | seeds | test NDCG@10 | Recall@10 | MRR@10 | params | latency 256 users (ms) "
-                  "| s / epoch | epochs | vs student alone | vs teacher |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        ds_rows = [r for r in rows if r["dataset"] == ds]
+        main = ds_rows[0]["protocol"] if ds_rows else FILTER_SEEN
+        other = _other(main)
+        pm, po = PROTOCOL_NAMES[main], PROTOCOL_NAMES[other]
+        lines += [f"## {ds} (protocol: {pm})", "",
+                  f"| group | row | model | seeds | test NDCG@10 ({pm}) | NDCG@10 ({po}) | Recall@10 | MRR@10 | params "
+                  "| latency 256 users (ms) | s / epoch | epochs | vs student alone | vs teacher |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        legacy = False
         for group in GROUPS:
-            for row in (r for r in rows if r["dataset"] == ds and r["group"] == group):
+            for row in (r for r in ds_rows if r["group"] == group):
                 if row["status"] != "ok":
                     lines.append(f"| {group} | {row['label']} | {row['model']} | 0/{row['seeds_planned']} | "
-                                 f"{row['status']} | | | | | | | | |")
+                                 f"{row['status']} | | | | | | | | | |")
                     continue
-                vs_s, vs_t = (f"{row[k]:.3f}" if row.get(k) else "n/a" if k in row.get("vs_noise", ()) else "-"
-                              for k in ("vs_student_alone", "vs_teacher"))
+                legacy = legacy or not row.get(main)
+
+                def ratio(key):
+                    here = row.get(key)
+                    text = f"{here:.3f}" if here else "n/a" if key in row.get("vs_noise", ()) else "-"
+                    there = row.get(key + "_other")
+                    return text + (f" ({po} {there:.3f})" if there else "")
+
                 on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
+                o = row.get(other) or {}
                 lines.append(
                     f"| {group} | {row['label']} | {row['model']} | {len(row['seeds'])}/{row['seeds_planned']} | "
-                    f"{_fmt(row['ndcg@10'])} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | "
-                    f"{row['num_params']:,} | {row['latency_ms']:.1f}{on} | {row['seconds_per_epoch']:.2f}{on} | "
-                    f"{row['epochs']:.0f} | {vs_s} | {vs_t} |")
+                    f"{_fmt(row['ndcg@10'])} | {_fmt(o.get('ndcg@10'))} | {_fmt(row['recall@10'])} | "
+                    f"{_fmt(row['mrr@10'])} | {row['num_params']:,} | {row['latency_ms']:.1f}{on} | "
+                    f"{row['seconds_per_epoch']:.2f}{on} | {row['epochs']:.0f} | {ratio('vs_student_alone')} | "
+                    f"{ratio('vs_teacher')} |")
         lines.append("")
+        if legacy:
+            lines += [f"Rows with `-` under {pm} were run before every cell recorded both protocols: their "
+                      f"checkpoint was selected, and their metrics computed, under RecBole's protocol only; running "
+                      "the suite again re-measures them.", ""]
         for title, name in plots.get(ds, []):
             lines += [f"![{title}]({name})", ""]
     if not plots and rows:
         lines += ["(plots skipped: matplotlib is not installed; `pip install recbole-kd[bench]`)", ""]
     lines += ["Ratios: NDCG@10 mean over seeds divided by the same dataset's student-alone row (for a "
               "distilled `KD-X`: the `X` row of group student, or `student_ref`) and teacher row (`teacher_from`, "
-              "else the dataset's first teacher); n/a where that row's mean NDCG@10 is not above its standard deviation "
-              "over seeds (a ratio to it would measure noise). Latency: median full-sort scoring time for 256 test users on "
+              "else the dataset's first teacher), both under the same protocol (the other protocol's ratio in "
+              "brackets); n/a where that row's mean NDCG@10 is not above its standard deviation "
+              "over seeds (a ratio to it would measure noise). Recall@10 and MRR@10 are under the table's protocol. "
+              "Latency: median full-sort scoring time for 256 test users on "
               "the cell's machine; latency and s / epoch of rows run on a GPU are marked (cuda).", ""]
     tmp = os.path.join(out, ".README.md.tmp")
     with open(tmp, "w") as f:
@@ -754,7 +822,8 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
 
 
 def _write_csv(path, cells, records):
-    cols = ["dataset", "label", "model", "group", "seed", "status", *METRICS, "num_params", "latency_ms",
+    per_protocol = [f"{m} ({p})" for p in PROTOCOLS for m in METRICS]
+    cols = ["dataset", "label", "model", "group", "seed", "status", "protocol", *per_protocol, "num_params", "latency_ms",
             "train_seconds_per_epoch", "epochs_run", "train_seconds", "config_hash", "git_commit"]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -767,7 +836,9 @@ def _write_csv(path, cells, records):
                            + [""] * (len(cols) - 6))
                 continue
             r = rec["result"]
-            w.writerow([c.dataset, c.label, c.model, c.group, c.seed, "ok", *(r["test_result"].get(m) for m in METRICS),
+            tables = [protocol_result(r, p) or {} for p in PROTOCOLS]
+            w.writerow([c.dataset, c.label, c.model, c.group, c.seed, "ok", r.get("protocol") or RECBOLE,
+                        *(t.get(m) for t in tables for m in METRICS),
                         r["num_params"], 1000 * r["latency_seconds"], r["train_seconds_per_epoch"], r["epochs_run"],
                         r["train_seconds"], rec["config_hash"], rec["git_commit"]])
     os.replace(tmp, path)
@@ -808,9 +879,10 @@ def _plots(rows, out) -> dict:
     colors = dict(zip(GROUPS, ("tab:gray", "tab:red", "tab:blue", "tab:green", "tab:purple")))
     made = {}
     for ds in dict.fromkeys(r["dataset"] for r in rows):
-        ok = [r for r in rows if r["dataset"] == ds and r.get("status") == "ok"]
+        ok = [r for r in rows if r["dataset"] == ds and r.get("status") == "ok" and r["ndcg@10"][0] is not None]
         if not ok:
             continue
+        shown = PROTOCOL_NAMES[ok[0].get("protocol", FILTER_SEEN)]
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ds)
         for key, xlabel, suffix in (("num_params", "parameters", "params"),
                                     ("latency_ms", "full-sort latency for 256 users (ms)", "latency")):
@@ -830,7 +902,7 @@ def _plots(rows, out) -> dict:
                 ax.plot([], [], "o", color="black", mfc="none", label="latency timed on another device")
             ax.set_xscale("log")
             ax.set_xlabel(xlabel + " (log)")
-            ax.set_ylabel("test NDCG@10")
+            ax.set_ylabel(f"test NDCG@10 ({shown})")
             ax.set_title(f"{ds}: NDCG@10 vs {xlabel.split(' (')[0]}")
             ax.legend(fontsize=7)
             fig.tight_layout()
@@ -848,7 +920,7 @@ def _plots(rows, out) -> dict:
             ax.bar_label(bars, labels=[f"{r['vs_student_alone']:.2f}x" for r in gains], padding=3, fontsize=7)
             ax.margins(x=0.15)
             ax.axvline(0, color="black", lw=0.8)
-            ax.set_xlabel("NDCG@10 gain over the student alone (ratio - 1)")
+            ax.set_xlabel(f"NDCG@10 gain over the student alone (ratio - 1, {shown})")
             ax.set_title(f"{ds}: KD gain per row")
             fig.tight_layout()
             name = f"plots/{slug}_kd_gain.png"

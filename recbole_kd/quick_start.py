@@ -18,6 +18,7 @@ from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_logger, init_seed, set_color  # noqa: E402
 
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
+from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
 
 CL_KEYS = ("cl_weight", "cl_temperature")  # recorded when the contrastive regulariser is on
@@ -39,6 +40,7 @@ ESSENTIAL_KEYS = (
     "weight_decay",
     "teacher",
     "kd_losses",
+    "filter_seen",
 )
 
 
@@ -92,6 +94,8 @@ def prepare(config):
         train_data, valid_data, test_data = data_preparation(config, dataset)
     finally:
         config["single_spec"] = not distributed
+    # what each evaluation loader's users have seen before its targets (the filter_seen protocol)
+    attach_seen_items(train_data.dataset, valid_data, test_data)
     entry = get_entry(config["model"])
     adapt = getattr(entry.cls, "build_train_dataloader", None)
     fraction = config["train_fraction"]
@@ -190,6 +194,9 @@ def run(
 
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    for name, table in (by_protocol(test_result) or {}).items():
+        if name != selected(config):
+            logger.info(f"test result under the {name} protocol: {table}")
 
     epochs = trainer.epoch_seconds
     result = {
@@ -199,8 +206,11 @@ def run(
         "seed": config["seed"],
         "num_params": count_parameters(model_obj),
         "best_valid_score": float(best_valid_score),
+        "protocol": selected(config),
         "best_valid_result": _floats(best_valid_result),
         "test_result": _floats(test_result),
+        "best_valid_result_by_protocol": by_protocol(best_valid_result),
+        "test_result_by_protocol": by_protocol(test_result),
         "epochs_run": len(epochs),
         "train_seconds_per_epoch": (sum(epochs) / len(epochs)) if epochs else 0.0,
         "train_seconds": train_seconds,

@@ -94,7 +94,7 @@ _POSITIVE_INTS = (
 _PROBABILITIES = ("hidden_dropout_prob", "attn_dropout_prob", "dropout_prob", "mask_ratio")
 
 
-def check_values(config) -> None:
+def check_values(config) -> None:  # noqa: C901
     """Refuse values that cannot be right, naming the key, the value and what is allowed."""
     from recbole_kd.config import ConfigError
 
@@ -137,6 +137,9 @@ def check_values(config) -> None:
     cold = get("text_cold_items")
     if cold not in (None, "id", "text"):
         bad("text_cold_items", cold, "must be id or text")
+    fs = get("filter_seen")
+    if fs not in (None, True, False):
+        bad("filter_seen", fs, "must be True (seen items filtered from every ranking) or False (RecBole's rule)")
     frac = get("train_fraction")
     if frac is not None and not (isinstance(frac, Number) and not isinstance(frac, bool) and 0 < frac <= 1):
         bad("train_fraction", frac, "must be a fraction in (0, 1]")
@@ -197,6 +200,22 @@ def check_kd_values(config, bad) -> None:
     gate = config["kd_gate"] or "none"
     if gate not in ("none", "topk", "rank"):
         bad("kd_gate", gate, "must be none, topk or rank")
+    mask = config["kd_mask_seen"]
+    if mask not in (None, True, False):
+        bad("kd_mask_seen", mask, "must be True, False or ~ (follow the evaluation protocol)")
+    if gate != "none":
+        from recbole.utils import ModelType
+
+        from recbole_kd.kd.trainer import resolve_mask_seen
+
+        student = get_entry(config["model"]).cls
+        windowed = hasattr(student, "build_train_dataloader")
+        if not windowed and resolve_mask_seen(config, student.type == ModelType.SEQUENTIAL):
+            # user mode (e.g. KD-MF): a row's targets are the user's training items, which the mask removes
+            # from the teacher's top-K, so the gate would never open and nothing would be distilled
+            bad("kd_gate", gate, f"{config['model']} is distilled per user, and its targets (the user's training "
+                "items) are masked out of the teacher's top-K (kd_mask_seen), so the gate would never open and "
+                "nothing would be distilled; use kd_gate: none")
     get_entry(config["teacher"])  # unknown teacher: UnknownModelError (exit 2) before any data is loaded
     nested = config["teacher_config"] or {}
     if not isinstance(nested, dict):

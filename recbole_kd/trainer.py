@@ -17,11 +17,15 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_kd import distributed
+from recbole_kd import protocol as protocols
 
 from recbole_kd.checkpoint import (
     FORMAT,
@@ -83,6 +87,9 @@ class KDTrainerMixin:
         self.last_checkpoint_file = os.path.join(
             self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{self.run_key}-last.pth"
         )
+        self.protocol = protocols.selected(config)
+        self._other_collector = None  # the protocol not selected: scored from the same scores
+        self._eval_seen = None
         self.resumed_from: str | None = None
         self.resume_finished = False
         self._pending_resume: dict | None = None
@@ -189,6 +196,7 @@ class KDTrainerMixin:
             next_epoch=int(next_epoch),
             run_key=self.run_key,
             best_valid_result=plain(dict(self.best_valid_result)) if self.best_valid_result else None,
+            best_valid_by_protocol=protocols.by_protocol(self.best_valid_result),
             best_model_file=self.saved_model_file,
             epoch_seconds=[float(x) for x in self.epoch_seconds],
             rng=rng_state(self._generators(train_data)),
@@ -239,6 +247,10 @@ class KDTrainerMixin:
         self.cur_step = int(state["cur_step"])
         self.best_valid_score = float(state["best_valid_score"])
         self.best_valid_result = state["best_valid_result"]
+        if self.best_valid_result is not None:
+            self.best_valid_result = protocols.ProtocolResult(
+                self.best_valid_result, protocol=self.protocol, by_protocol=state.get("best_valid_by_protocol")
+            )
         self.saved_model_file = state["best_model_file"]
         self.epoch_seconds = list(state["epoch_seconds"])
         self.resume_finished = bool(state["finished"])
@@ -318,6 +330,18 @@ class KDTrainerMixin:
             checkpoint_file = model_file or self.saved_model_file
             self._load_model_state(checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        full_sort = isinstance(eval_data, FullSortEvalDataLoader)
+        if full_sort:
+            self._eval_seen = getattr(eval_data, "seen_items", None)
+            if self._eval_seen is None:
+                raise ValueError(
+                    "this evaluation loader carries no seen items (recbole_kd.protocol.attach_seen_items); "
+                    "build the data with recbole_kd.quick_start.prepare"
+                )
+            self._other_collector = Collector(self.config)
+            for key, value in self.eval_collector.data_struct._data_dict.items():
+                if key.startswith("data."):  # training-data statistics some metrics read (data_collect)
+                    self._other_collector.data_struct.set(key, value)
         collect = self.eval_collector.eval_batch_collect
         users = [0]
 
@@ -328,10 +352,38 @@ class KDTrainerMixin:
         self.eval_collector.eval_batch_collect = counting
         try:
             result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+            if full_sort:
+                other = self.evaluator.evaluate(self._other_collector.get_data_struct())
+                table = {self.protocol: dict(result), protocols.other(self.protocol): dict(other)}
+                result = protocols.ProtocolResult(
+                    result, protocol=self.protocol, by_protocol={p: table[p] for p in protocols.PROTOCOLS}
+                )
         finally:
             del self.eval_collector.eval_batch_collect
+            self._other_collector, self._eval_seen = None, None
         self.evaluated_users = users[0]
         return result
+
+    def _full_sort_batch_eval(self, batched_data):
+        """Scores once, ranked under both protocols (:mod:`recbole_kd.protocol`): the selected one goes
+        to RecBole's collector (valid_metric, early stopping), the other to a second collector."""
+        interaction, history_index, positive_u, positive_i = batched_data
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(
+            (interaction, None, positive_u, positive_i)
+        )  # scores of every item, padding removed
+        seq_field = getattr(self.model, "ITEM_SEQ", None)
+        rows, items = protocols.seen_index(
+            self._eval_seen, interaction, self.config["USER_ID_FIELD"], seq_field, scores.device
+        )
+        filtered = scores.clone()
+        filtered[rows, items] = -np.inf
+        if history_index is not None:  # RecBole's rule for general models
+            scores[history_index] = -np.inf
+        ranked = {protocols.FILTER_SEEN: filtered, protocols.RECBOLE: scores}
+        self._other_collector.eval_batch_collect(
+            ranked[protocols.other(self.protocol)], interaction, positive_u, positive_i
+        )
+        return interaction, ranked[self.protocol], positive_u, positive_i
 
     # ---- distributed: the DDP wrapper covers the student and any learned helper modules ------------
     def distribute(self, *extra_modules) -> None:

@@ -441,3 +441,53 @@ def test_latency_front_leaves_out_rows_timed_on_another_device():
     assert front == [0, 1, 2]
     pts, front, other = plot_points(rows, "num_params")
     assert other == [""] * 5 and front == [0, 4, 3]
+
+
+def test_report_names_its_protocol_and_never_divides_across_protocols(tmp_path):
+    """Each table is under the protocol its cells selected (filter-seen), the other beside it; a cell stored
+    before both protocols were recorded (RecBole's only) shows '-' under filter-seen, gets no filter-seen
+    ratio, and is scheduled to run again."""
+    import yaml
+
+    from recbole_kd.bench import expand, legacy_record, load_suite, render, summarize
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1], "datasets": {"a": {}},
+        "models": [{"model": "SASRec-L", "group": "teacher"}, {"model": "SASRec-S", "group": "student"},
+                   {"model": "KD-SASRec", "settings": {"kd_losses": {"soft": 1.0}}, "teacher_from": "SASRec-L"},
+                   {"model": "MF-S", "group": "student"}],
+    }))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    both = {"SASRec-L": (0.050, 0.040), "SASRec-S": (0.060, 0.045), "KD-SASRec": (0.066, 0.054)}
+    records = {}
+    for c in cells:
+        result = {"num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0}
+        if c.model in both:
+            f, r = both[c.model]
+            tables = {"filter_seen": {"ndcg@10": f, "recall@10": 0.1, "mrr@10": 0.03},
+                      "recbole": {"ndcg@10": r, "recall@10": 0.08, "mrr@10": 0.02}}
+            result.update(protocol="filter_seen", test_result=tables["filter_seen"], test_result_by_protocol=tables)
+        else:  # stored before both protocols were recorded
+            result.update(test_result={"ndcg@10": 0.030, "recall@10": 0.05, "mrr@10": 0.01})
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    kd = rows["KD-SASRec"]
+    assert kd["protocol"] == "filter_seen"
+    assert kd["vs_student_alone"] == pytest.approx(0.066 / 0.060)
+    assert kd["vs_student_alone_other"] == pytest.approx(0.054 / 0.045)
+    assert kd["vs_teacher"] == pytest.approx(0.066 / 0.050)
+    mf = rows["MF-S"]
+    assert mf["ndcg@10"] == (None, None) and mf["recbole"]["ndcg@10"][0] == 0.030
+    assert mf["vs_student_alone"] is None and mf["vs_student_alone_other"] == pytest.approx(1.0)
+    assert legacy_record(records[("a", "MF-S", 1)]) and not legacy_record(records[("a", "SASRec-S", 1)])
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert "## a (protocol: filter-seen)" in report
+    assert "| test NDCG@10 (filter-seen) | NDCG@10 (RecBole) |" in report
+    assert "| distilled | KD-SASRec | KD-SASRec | 1/1 | 0.0660 | 0.0540 |" in report
+    assert "| 1.100 (RecBole 1.200) | 1.320 (RecBole 1.350) |" in report
+    assert "| student | MF-S | MF-S | 1/1 | - | 0.0300 |" in report

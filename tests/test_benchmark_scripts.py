@@ -273,3 +273,11 @@ def test_kd_benchmark_reads_the_interleaved_latency_of_the_same_pair_only():
     assert interleaved_ratio(timed("student", teacher_params=999), 1000, 100) is None
     assert interleaved_ratio(timed("student", student_params=99), 1000, 100) is None
     assert interleaved_ratio(timed("KD-SASRec-rrd-seed2020"), 1000, 100) is None
+
+
+def test_kd_benchmark_headline_row_is_chosen_on_validation_not_test():
+    from kd_benchmark import headline_row
+
+    rows = {"kd:soft": {"ndcg10_mean": 0.060, "valid_ndcg10_mean": 0.070},
+            "kd:rd": {"ndcg10_mean": 0.065, "valid_ndcg10_mean": 0.068}}  # best on test, not on valid
+    assert headline_row(rows) == "kd:soft"

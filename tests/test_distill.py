@@ -227,7 +227,7 @@ def test_teacher_outputs_disk_cache_is_reused_only_for_the_same_teacher_and_inpu
 @pytest.mark.parametrize("teacher", ["SASRec-L", "BERT4Rec-L"])
 def test_teacher_top_k_never_holds_an_item_the_row_has_seen(teacher, tiny_data, zoo, workdir):
     """kd_mask_seen (default): at every training position the teacher's top-K excludes the items of
-    the prefix up to that position, as RecBole's full-sort evaluation masks a user's history; the
+    the prefix up to that position, as the filter_seen evaluation protocol removes a user's history; the
     other items keep their raw order. kd_mask_seen=False: the raw top-K."""
     from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD, owned_target_mask
 
@@ -267,3 +267,55 @@ def test_runs_distilled_from_the_raw_top_k_are_told_apart():
     assert not raw("KD-SASRec", {"kd_losses": {"hint": 1.0}})
     assert not raw("KD-MF", {"kd_losses": {"soft": 1.0}})
     assert not raw("SASRec-S", {})
+
+
+def test_teacher_checkpoint_of_another_split_is_refused(tiny_data, zoo, workdir):
+    """A teacher trained on another split (here: another train_fraction, or another leave-one-out)
+    could hold the student's valid / test interactions: refused by name, not used silently."""
+    from recbole_kd.checkpoint import CheckpointError
+
+    t, _, _ = make_trainer("KD-SASRec", tiny_data, zoo)
+    ckpt = t.teacher_info["teacher_checkpoint"]
+    with pytest.raises(CheckpointError, match="another split.*train_fraction=None there, 0.5 here"):
+        make_trainer("KD-SASRec", tiny_data, zoo, teacher_checkpoint=ckpt, train_fraction=0.5)
+    with pytest.raises(CheckpointError, match="another split.*eval_args"):
+        make_trainer("KD-SASRec", tiny_data, zoo, teacher_checkpoint=ckpt,
+                     eval_args={"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "group_by": "user", "mode": "full"})
+
+
+def test_low_resource_student_gets_a_low_resource_teacher_from_the_zoo(tiny_data, zoo, workdir):
+    """train_fraction is part of the teacher's settings and zoo key: a 20 % student's zoo teacher trains on
+    the same 20 %, never on the full training data."""
+    import torch as _torch
+
+    from recbole_kd.kd.teacher import zoo_path
+
+    full, _, _ = make_trainer("KD-SASRec", tiny_data, zoo)
+    low, _, _ = make_trainer("KD-SASRec", tiny_data, zoo, train_fraction=0.2)
+    assert full.teacher_info["teacher_checkpoint"] != low.teacher_info["teacher_checkpoint"]
+    state = _torch.load(low.teacher_info["teacher_checkpoint"], weights_only=True)
+    assert state["config"]["train_fraction"] == 0.2
+    assert zoo_path(low.config)[1] != zoo_path(full.config)[1]
+
+
+@pytest.mark.parametrize("model,filter_seen,expected", [
+    ("KD-SASRec", True, True), ("KD-SASRec", False, False),  # a sequential student: as its evaluation filters
+    ("KD-MF", True, True), ("KD-MF", False, True),  # a general one: RecBole's protocol filters its history too
+])
+def test_kd_mask_seen_follows_the_evaluation_protocol(model, filter_seen, expected, tiny_data, zoo, workdir):
+    trainer, _, _ = make_trainer(model, tiny_data, zoo, filter_seen=filter_seen)
+    assert trainer.kd_mask_seen is expected
+    assert trainer.teacher_outputs.mask_seen is expected
+    explicit, _, _ = make_trainer(model, tiny_data, zoo, filter_seen=filter_seen, kd_mask_seen=not expected)
+    assert explicit.kd_mask_seen is (not expected)
+
+
+@pytest.mark.parametrize("gate", ["topk", "rank"])
+def test_kd_gate_that_could_never_open_is_refused(gate, tiny_data, tmp_path):
+    """KD-MF's rows are users and their targets the user's training items, which the mask removes from
+    the teacher's top-K: a topk/rank gate would weight every row 0 and distil nothing, silently."""
+    proc = run_cli("--model=KD-MF", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=1",
+                   f"--kd_gate={gate}", "--show_progress=False", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-1500:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("recbole-kd: error")]
+    assert len(lines) == 1 and "the gate would never open" in lines[0]

@@ -28,7 +28,40 @@ SHARED_KEYS = (
     "metrics",
     "topk",
     "valid_metric",
+    "filter_seen",
+    "train_fraction",
 )
+
+# settings that decide which interactions are training, validation and test data: a teacher must
+# share them with its student, or it may have been trained on the student's valid / test interactions
+# (or, in the low-resource setting, on more of the training data than the student may use)
+SPLIT_KEYS = (
+    "eval_args",
+    "train_fraction",
+    "user_inter_num_interval",
+    "item_inter_num_interval",
+    "val_interval",
+    "rm_dup_inter",
+    "filter_inter_by_user_or_item",
+    "benchmark_filename",
+)
+
+
+def split_settings(config) -> dict:
+    """The split-defining settings of a config (a RecBole ``Config`` or a checkpoint's plain dict), with
+    ``eval_args`` reduced to what splits the data (split, order, group_by)."""
+    from recbole_kd.checkpoint import plain
+
+    get = (lambda k: config.get(k)) if isinstance(config, dict) else (lambda k: config[k] if k in config else None)
+    out = {}
+    for key in SPLIT_KEYS:
+        value = plain(get(key))
+        if key == "eval_args" and isinstance(value, dict):
+            value = {k: value.get(k) for k in ("split", "order", "group_by")}
+        if key == "train_fraction" and value is not None and value >= 1:
+            value = None  # 1.0 keeps every training interaction, as ~ does
+        out[key] = value
+    return out
 
 
 def teacher_overrides(config) -> dict:
@@ -145,7 +178,9 @@ def _sidecar(path: str) -> dict:
         return {}
     with open(sidecar) as f:
         saved = json.load(f)
-    return {"teacher_test_result": saved.get("test_result"), "teacher_best_valid_result": saved.get("best_valid_result")}
+    return {"teacher_test_result": saved.get("test_result"), "teacher_best_valid_result": saved.get("best_valid_result"),
+            "teacher_protocol": saved.get("protocol"),
+            "teacher_test_result_by_protocol": saved.get("test_result_by_protocol")}
 
 
 def _load_checked(config, dataset, path: str, name: str | None):
@@ -168,6 +203,15 @@ def _load_checked(config, dataset, path: str, name: str | None):
         raise CheckpointError(
             f"teacher checkpoint {path} was trained on dataset {state['config'].get('dataset')!r}, not "
             f"{config['dataset']!r}; use a teacher trained on this dataset"
+        )
+    theirs, ours = split_settings(state["config"]), split_settings(config)
+    differ = sorted(k for k in SPLIT_KEYS if theirs[k] != ours[k])
+    if differ:
+        raise CheckpointError(
+            f"teacher checkpoint {path} was trained on another split of {config['dataset']!r} ("
+            + ", ".join(f"{k}={theirs[k]!r} there, {ours[k]!r} here" for k in differ)
+            + "): it may have trained on this run's valid / test interactions; re-train the teacher with this "
+            "run's settings (or drop teacher_checkpoint and let the zoo train it)"
         )
     vocab = item_vocab_hash(dataset)
     if meta.get("item_vocab") != vocab:
@@ -336,8 +380,9 @@ class TeacherOutputs:
                  cache_dir: str | None = None, mask_seen: bool = True):
         self.teacher = teacher
         # mask_seen: the items a row's user has already seen (its prefix in the window; a user's training
-        # items in user mode) never enter the teacher's top-K, as RecBole's full-sort evaluation masks a
-        # user's history. Unmasked, a SASRec teacher's top-1 at a training position is mostly the item
+        # items in user mode) never enter the teacher's top-K, as the filter_seen evaluation protocol removes
+        # them from every ranking (RecBole's own protocol removes them for general models only; for a sequential
+        # student the trainer turns the mask on exactly when evaluation filters, see kd_mask_seen). Unmasked, a SASRec teacher's top-1 at a training position is mostly the item
         # just consumed (tied input/output embeddings), and hard/rd/soft distil that item as a label.
         self.mask_seen = bool(mask_seen)
         self.topk = min(int(topk), teacher.n_items - 1)
@@ -451,7 +496,7 @@ class TeacherOutputs:
         self.user_row = torch.full((n_users,), -1, dtype=torch.long)
         self.user_row[users] = torch.arange(len(users))
         self.user_seqs, self.user_lens = seqs, lens
-        # mask each user's training items (the student's evaluation masks them as well)
+        # mask each user's training items (a general student's evaluation removes them under both protocols)
         mask = torch.zeros((n_users, self.teacher.n_items), dtype=torch.bool)
         mask[torch.from_numpy(uids), torch.from_numpy(items)] = True
         self.history_mask = mask
@@ -567,7 +612,8 @@ def load_checkpoints(dataset_name: str, paths, overrides: dict | None = None):
     state = next((st for st in states if issubclass(get_entry(st["config"]["model"]).cls, SequentialRecommender)),
                  states[0])
     name = state["config"]["model"]
-    settings = {**_arch_overrides(state["config"]), "show_progress": False, **(overrides or {})}
+    split = {k: v for k, v in split_settings(state["config"]).items() if v is not None}
+    settings = {**_arch_overrides(state["config"]), **split, "show_progress": False, **(overrides or {})}
     config = build_config(name, dataset_name, overrides=settings)
     dataset, _, valid_data, test_data = prepare(config)
     if len(paths) == 1:

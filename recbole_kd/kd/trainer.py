@@ -12,7 +12,7 @@ import os
 import time
 
 import torch
-from recbole.utils import init_seed
+from recbole.utils import ModelType, init_seed
 from torch import nn
 
 from recbole_kd.kd.base import KDInputs, get_kd_loss
@@ -42,6 +42,14 @@ def parse_kd_losses(config):
     return out
 
 
+def resolve_mask_seen(config, sequential: bool) -> bool:
+    """``kd_mask_seen``: as set, or (``~``) exactly when the student's evaluation removes seen items."""
+    from recbole_kd.protocol import evaluation_filters_seen
+
+    value = config["kd_mask_seen"] if "kd_mask_seen" in config else None
+    return evaluation_filters_seen(config, sequential) if value is None else bool(value)
+
+
 def hidden_size(model) -> int:
     return int(getattr(model, "hidden_size", None) or model.embedding_size)
 
@@ -59,7 +67,7 @@ class DistillTrainer(KDTrainer):
         self.kd_gate = config["kd_gate"] or "none"
         self.kd_gate_k = config["kd_gate_k"]
         self.kd_cache = bool(config["kd_cache"])
-        self.kd_mask_seen = bool(config["kd_mask_seen"])
+        self.kd_mask_seen = resolve_mask_seen(config, model.type == ModelType.SEQUENTIAL)
         self.teacher = None
         self.teacher_info = {}
         self.teacher_outputs = None
