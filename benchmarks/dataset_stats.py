@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 # name, domain, where (shared: the benchmark folder; converted: the converters' output folder)
 DATASETS = [
+    ("ml-100k", "movies (embedded in recbole)", "embedded"),
     ("ml-1m", "movies", "shared"),
     ("amazon-beauty-5core", "e-commerce", "shared"),
     ("amazon-sports-5core", "e-commerce", "shared"),
@@ -95,7 +96,9 @@ def stats_for(name: str, data_path: str, scratch: str) -> dict:
 
     from recbole_kd.config import build_config
 
-    overrides = {"data_path": data_path, "show_progress": False, "checkpoint_dir": scratch, "save_dataset": False}
+    overrides = {"show_progress": False, "checkpoint_dir": scratch, "save_dataset": False}
+    if data_path:  # an embedded dataset (ml-100k) is read from the recbole wheel
+        overrides["data_path"] = data_path
     t0 = time.perf_counter()
     config = build_config("SASRec-S", name, overrides=overrides)
     dataset = create_dataset(config)
@@ -121,6 +124,7 @@ def stats_for(name: str, data_path: str, scratch: str) -> dict:
     if config["rm_dup_inter"]:
         row["checks"]["dedup_order"] = check_dedup_order(dataset, inter_path)
     row["test_items"] = test_item_stats(name, overrides)
+    row["filter_seen"] = bool(config["filter_seen"])
     return row
 
 
@@ -134,7 +138,10 @@ def test_item_stats(name: str, overrides: dict) -> dict:
     out = {}
     for key, fraction in (("unseen_full", None), ("unseen_20", 0.2)):
         config = build_config("MF-S", name, overrides={**overrides, "train_fraction": fraction})
-        dataset, train_data, _, test_data = prepare(config)
+        dataset, train_data, valid_data, test_data = prepare(config)
+        if fraction is None:
+            out["repeat_targets"] = {phase: repeat_share(loader) for phase, loader in
+                                     (("valid", valid_data), ("test", test_data))}
         iid = dataset.iid_field
         seen = np.zeros(dataset.item_num, dtype=bool)
         seen[train_data.dataset.inter_feat[iid].numpy()] = True
@@ -144,6 +151,19 @@ def test_item_stats(name: str, overrides: dict) -> dict:
         if fraction is None:
             out["with_text"] = _text_share(config, dataset, test_items)
     return out
+
+
+def repeat_share(loader) -> float:
+    """Share of an evaluation loader's targets the user had already interacted with before it (the items the
+    filter_seen protocol removes from the ranking: a repeated target would be unrankable there)."""
+    import numpy as np
+
+    ds, seen = loader.dataset, loader.seen_items
+    users = ds.inter_feat[ds.uid_field].numpy().astype(np.int64)
+    targets = ds.inter_feat[ds.iid_field].numpy().astype(np.int64)
+    counts = (seen.indptr[1:] - seen.indptr[:-1]).numpy()
+    keys = np.repeat(np.arange(len(counts), dtype=np.int64), counts) * seen.n_items + seen.items.numpy()
+    return float(np.isin(users * seen.n_items + targets, keys).mean()) if len(users) else 0.0
 
 
 def _text_share(config, dataset, test_items):
@@ -221,6 +241,21 @@ def to_markdown(result: dict) -> str:
         if t:
             text = "no item text" if t["with_text"] is None else f"{t['with_text']:.1%}"
             lines.append(f"| {r['dataset']} | {t['test_users']:,} | {t['unseen_full']:.1%} | {t['unseen_20']:.1%} | {text} |")
+    lines += [
+        "",
+        "Repeat consumption: the share of valid and test targets the user had already interacted with before "
+        "(the `filter_seen` protocol removes every seen item from the ranking, so such a target would be "
+        "unrankable). Where either share is above 1 %, the dataset's yaml (`recbole_kd/configs/datasets/`) sets "
+        "`filter_seen: False` and its numbers are under RecBole's protocol.",
+        "",
+        "| dataset | valid targets already seen | test targets already seen | protocol (dataset yaml) |",
+        "|---|---:|---:|---|",
+    ]
+    for r in result["datasets"]:
+        rep = (r.get("test_items") or {}).get("repeat_targets")
+        if rep:
+            protocol = "filter_seen" if r.get("filter_seen", True) else "RecBole's (filter_seen: False)"
+            lines.append(f"| {r['dataset']} | {rep['valid']:.2%} | {rep['test']:.2%} | {protocol} |")
     checks = [(r["dataset"], k, v) for r in result["datasets"] for k, v in r.get("checks", {}).items()]
     if checks:
         lines += ["", "Checks:", ""]
@@ -244,8 +279,8 @@ def main(argv=None) -> int:
         for name, domain, where in DATASETS:
             if wanted is not None and name not in wanted:
                 continue
-            path = args.data_path if where == "shared" else args.converted_path
-            if not path:
+            path = {"shared": args.data_path, "converted": args.converted_path, "embedded": None}[where]
+            if not path and where != "embedded":
                 rows.append({"dataset": name, "domain": domain, "error": "no --converted_path given"})
                 continue
             print(f"{name} ...", flush=True)

@@ -553,6 +553,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
         for c in cells:
             state = ("to run (teacher)" if c.id in reruns else
                      "to run (one protocol)" if (c.dataset, c.label, c.seed) in stale and selected(c, only) else
+                     "done (one protocol)" if (c.dataset, c.label, c.seed) in stale else
                      "done" if (c.dataset, c.label, c.seed) in records else
                      f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
                      "failed before" if failed_record(out, c) else "to run")

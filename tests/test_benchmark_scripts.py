@@ -3,6 +3,8 @@ import os
 import sys
 import tempfile
 
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -34,7 +36,29 @@ def test_test_item_stats_counts_unseen_and_text_items(tmp_path):
                                    "load_col": {"inter": ["user_id", "item_id", "timestamp"]}})
     # full: C is in users 1-5's training data, each x_u in nobody's -> 5 of 10 test items unseen
     # 20 %: each user keeps the last 2 of 8 training items, so C is no longer seen either -> 10 of 10
-    assert got == {"test_users": 10, "unseen_full": 0.5, "unseen_20": 1.0, "with_text": 0.5}
+    assert got == {"test_users": 10, "unseen_full": 0.5, "unseen_20": 1.0, "with_text": 0.5,
+                   "repeat_targets": {"valid": 0.0, "test": 0.0}}
+
+
+def test_repeat_targets_are_the_share_of_valid_and_test_items_seen_before(tmp_path):
+    """Users 1-3 are tested on their first item again, user 4 is validated on it: 30 % of test targets and
+    10 % of valid targets are repeats (the filter_seen protocol could never rank them)."""
+    from dataset_stats import test_item_stats
+
+    folder = tmp_path / "data" / "rep"
+    folder.mkdir(parents=True)
+    inter = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(1, 11):
+        seq = [f"a{u}_{t}" for t in range(6)] + [f"v{u}", f"x{u}"]
+        if u <= 3:
+            seq[-1] = seq[0]
+        if u == 4:
+            seq[-2] = seq[0]
+        inter += [f"u{u}\t{item}\t{100 * u + t}" for t, item in enumerate(seq)]
+    (folder / "rep.inter").write_text("\n".join(inter) + "\n")
+    got = test_item_stats("rep", {"data_path": str(tmp_path / "data"), "show_progress": False, "state": "WARNING",
+                                  "checkpoint_dir": str(tmp_path / "saved"), "save_dataset": False})
+    assert got["repeat_targets"] == {"valid": pytest.approx(0.1), "test": pytest.approx(0.3)}
 
 
 def test_latency_loads_a_cell_an_ensemble_cell_and_a_bench_cell(tiny_data, workdir, tmp_path):
