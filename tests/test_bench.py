@@ -480,6 +480,7 @@ def test_report_names_its_protocol_and_never_divides_across_protocols(tmp_path):
     assert kd["vs_student_alone"] == pytest.approx(0.066 / 0.060)
     assert kd["vs_student_alone_other"] == pytest.approx(0.054 / 0.045)
     assert kd["vs_teacher"] == pytest.approx(0.066 / 0.050)
+    assert kd["vs_student_alone_worst"] is None  # one seed: no seed spread to check
     mf = rows["MF-S"]
     assert mf["ndcg@10"] == (None, None) and mf["recbole"]["ndcg@10"][0] == 0.030
     assert mf["vs_student_alone"] is None and mf["vs_student_alone_other"] == pytest.approx(1.0)
@@ -491,3 +492,32 @@ def test_report_names_its_protocol_and_never_divides_across_protocols(tmp_path):
     assert "| distilled | KD-SASRec | KD-SASRec | 1/1 | 0.0660 | 0.0540 |" in report
     assert "| 1.100 (RecBole 1.200) | 1.320 (RecBole 1.350) |" in report
     assert "| student | MF-S | MF-S | 1/1 | - | 0.0300 |" in report
+
+
+def test_kd_gain_reports_the_worst_seed_against_the_best_alone_seed(tmp_path):
+    import yaml
+
+    from recbole_kd.bench import expand, load_suite, render, summarize
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1, 2, 3], "datasets": {"a": {}},
+        "models": [{"model": "SASRec-S", "group": "student"}, {"model": "KD-SASRec", "settings": {"kd_losses": {"soft": 1.0}}}],
+    }))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    ndcg = {("SASRec-S", 1): 0.050, ("SASRec-S", 2): 0.052, ("SASRec-S", 3): 0.054,
+            ("KD-SASRec", 1): 0.056, ("KD-SASRec", 2): 0.057, ("KD-SASRec", 3): 0.060}
+    records = {}
+    for c in cells:
+        t = {"ndcg@10": ndcg[c.model, c.seed], "recall@10": 0.1, "mrr@10": 0.03}
+        result = {"num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0, "protocol": "filter_seen", "test_result": t,
+                  "test_result_by_protocol": {"filter_seen": t, "recbole": t}}
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    assert rows["KD-SASRec"]["vs_student_alone"] == pytest.approx(0.0577 / 0.052, abs=1e-3)
+    assert rows["KD-SASRec"]["vs_student_alone_worst"] == pytest.approx(0.056 / 0.054)
+    render(suite, cells, records, str(tmp_path))
+    assert "| 1.109 [1.037] (RecBole 1.109) |" in (tmp_path / "README.md").read_text()
