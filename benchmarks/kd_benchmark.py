@@ -287,7 +287,7 @@ def report_protocol(teacher, rows) -> str:
     from recbole_kd.protocol import DESCRIPTION, RECBOLE
 
     found = {c.get("protocol") or RECBOLE for c in [teacher, *(r for runs in rows.values() for r in runs)]}
-    return "; ".join(f"{p} ({DESCRIPTION[p]})" for p in sorted(found))
+    return "; ".join(f"`{p}`: {DESCRIPTION[p]}" for p in sorted(found))
 
 
 def headline_row(kd_rows: dict) -> str:
