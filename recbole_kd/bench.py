@@ -47,6 +47,7 @@ import argparse
 import csv
 import datetime as _dt
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -704,9 +705,23 @@ def _in_noise(ref, protocol) -> bool:
     return not mean or (std is not None and mean <= std)
 
 
+@functools.lru_cache(maxsize=None)
+def _sequential(model: str) -> bool | None:
+    from recbole.utils import ModelType
+
+    from recbole_kd.registry import get_entry
+
+    try:
+        return get_entry(model).cls.type == ModelType.SEQUENTIAL
+    except Exception:  # an unknown model: its row failed to run anyway
+        return None
+
+
 def _ratio(row, ref, protocol):
     if not ref or not row.get(protocol) or not ref.get(protocol) or _in_noise(ref, protocol):
         return None
+    if protocol == RECBOLE and _sequential(row["model"]) != _sequential(ref["model"]):
+        return None  # RecBole's rule filters a general model's history and not a sequential one's: two tasks
     return row[protocol]["ndcg@10"][0] / ref[protocol]["ndcg@10"][0]
 
 
