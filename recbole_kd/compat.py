@@ -55,6 +55,15 @@ trap                        how it is handled
                             never start a group twice when a run builds
                             several configs). DDP's ``device_ids`` is handled
                             in our trainer (CPU modules need ``None``).
+(f) pickled data files      shim: ``create_dataset`` ``pickle.load``s
+                            ``<checkpoint_dir>/<dataset>-<Class>.pth`` (or
+                            ``dataset_save_path``) and ``data_preparation``
+                            ``<checkpoint_dir>/<dataset>-for-<model>-dataloader.pth``
+                            (or ``dataloaders_save_path``) whenever they exist:
+                            a file left in a checkpoint folder runs code. The
+                            dataset is always built from its atomic files; such a
+                            file is ignored with a warning. ``build_config``
+                            refuses the four settings that save or load them.
 ==========================  ======================================================
 """
 from __future__ import annotations
@@ -326,6 +335,59 @@ def patch_ensure_dir() -> None:
             module.ensure_dir = _ensure_dir
 
 
+# (f) pickled datasets / dataloaders -------------------------------------------------------------------
+def _pickle_ignored(path: str, what: str) -> None:
+    if path and os.path.exists(path):
+        from logging import getLogger
+
+        getLogger().warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
+                            "it is built from the atomic files")
+
+
+def create_dataset(config):
+    """``recbole.data.create_dataset`` without the pickle: the dataset class RecBole would pick, always
+    built from the atomic files (a saved ``.pth`` file is ignored, with a warning)."""
+    from recbole.utils import ModelType
+
+    dataset_module = importlib.import_module("recbole.data.dataset")
+    if hasattr(dataset_module, config["model"] + "Dataset"):
+        dataset_class = getattr(dataset_module, config["model"] + "Dataset")
+    else:
+        type2class = {
+            ModelType.GENERAL: "Dataset",
+            ModelType.SEQUENTIAL: "SequentialDataset",
+            ModelType.CONTEXT: "Dataset",
+            ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+            ModelType.TRADITIONAL: "Dataset",
+            ModelType.DECISIONTREE: "Dataset",
+        }
+        dataset_class = getattr(dataset_module, type2class[config["MODEL_TYPE"]])
+    saved = config["dataset_save_path"] or os.path.join(
+        str(config["checkpoint_dir"]), f'{config["dataset"]}-{dataset_class.__name__}.pth')
+    _pickle_ignored(saved, "dataset")
+    return dataset_class(config)
+
+
+def load_split_dataloaders(config):
+    """``recbole.data.utils.load_split_dataloaders`` never loads: ``data_preparation`` builds the loaders."""
+    saved = config["dataloaders_save_path"] or os.path.join(
+        str(config["checkpoint_dir"]), f'{config["dataset"]}-for-{config["model"]}-dataloader.pth')
+    _pickle_ignored(saved, "dataloader")
+    return None
+
+
+def patch_no_pickled_data() -> None:
+    utils = importlib.import_module("recbole.data.utils")
+    utils.create_dataset = create_dataset
+    utils.load_split_dataloaders = load_split_dataloaders  # data_preparation looks it up here
+    for name in ("recbole.data", "recbole.quick_start.quick_start", "recbole.quick_start"):
+        module = sys.modules.get(name)  # recbole.quick_start imports ray: patched only if already loaded
+        if module is not None and hasattr(module, "create_dataset"):
+            module.create_dataset = create_dataset
+        if module is not None and hasattr(module, "load_split_dataloaders"):
+            module.load_split_dataloaders = load_split_dataloaders
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -338,4 +400,5 @@ def apply() -> None:
     patch_ray_import()
     patch_init_device()
     patch_ensure_dir()
+    patch_no_pickled_data()
     _APPLIED = True
