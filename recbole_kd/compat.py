@@ -64,6 +64,15 @@ trap                        how it is handled
                             dataset is always built from its atomic files; such a
                             file is ignored with a warning. ``build_config``
                             refuses the four settings that save or load them.
+(g) settings are evaluated  shim: ``Config._convert_config_dict`` ``eval()``s every
+                            string value of a config_dict / command line (so a
+                            value runs code, and ``--checkpoint_dir=2024`` is an
+                            int). Values are parsed with ``ast.literal_eval``
+                            (numbers, strings, lists, dicts, tuples, True/False/
+                            None; ``true``/``false`` as before) and anything else
+                            stays the plain string. Path settings
+                            (:data:`PATH_KEYS`, and keys ending in ``_dir``,
+                            ``_path``, ``_file``) stay strings (``None``: unset).
 ==========================  ======================================================
 """
 from __future__ import annotations
@@ -388,6 +397,49 @@ def patch_no_pickled_data() -> None:
             module.load_split_dataloaders = load_split_dataloaders
 
 
+# (g) setting values: literals, never evaluated ---------------------------------------------------------
+PATH_KEYS = frozenset({
+    "checkpoint_dir", "data_path", "result_file", "teacher_dir", "teacher_checkpoint", "kd_cache_dir",
+    "text_cache_dir", "transfer_dir", "dataset_save_path", "dataloaders_save_path", "config_files", "plugins",
+})
+
+
+def is_path_key(key) -> bool:
+    key = str(key)
+    return key in PATH_KEYS or key.endswith(("_dir", "_path", "_file"))
+
+
+def literal_value(key, param):
+    """A ``--key=value`` string as the value it spells (a Python literal), never evaluated."""
+    import ast
+
+    if not isinstance(param, str):
+        return param
+    if is_path_key(key):
+        return None if param.strip() in ("None", "~") else param
+    try:
+        value = ast.literal_eval(param)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        lowered = param.strip().lower()
+        return True if lowered == "true" else False if lowered == "false" else param
+    if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):
+        return param  # e.g. a set or bytes literal: RecBole kept those as the string too
+    return value
+
+
+def _convert_config_dict(self, config_dict):
+    """Drop-in for ``Config._convert_config_dict``: literal parsing instead of ``eval``."""
+    for key in config_dict:
+        config_dict[key] = literal_value(key, config_dict[key])
+    return config_dict
+
+
+def patch_literal_settings() -> None:
+    from recbole.config.configurator import Config
+
+    Config._convert_config_dict = _convert_config_dict
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -401,4 +453,5 @@ def apply() -> None:
     patch_init_device()
     patch_ensure_dir()
     patch_no_pickled_data()
+    patch_literal_settings()
     _APPLIED = True
