@@ -73,6 +73,13 @@ trap                        how it is handled
                             stays the plain string. Path settings
                             (:data:`PATH_KEYS`, and keys ending in ``_dir``,
                             ``_path``, ``_file``) stay strings (``None``: unset).
+(h) ml-100k's data_path     shim: ``Config._set_default_parameters`` points
+                            ml-100k at the copy inside the recbole wheel even when
+                            ``data_path`` is given, so ``--data_path=DIR`` was
+                            silently ignored. A ``data_path`` the user set (config
+                            file, config_dict, command line) is honoured: ml-100k
+                            is read from ``DIR/ml-100k/``; without one the
+                            embedded copy stays the default.
 ==========================  ======================================================
 """
 from __future__ import annotations
@@ -440,6 +447,26 @@ def patch_literal_settings() -> None:
     Config._convert_config_dict = _convert_config_dict
 
 
+# (h) ml-100k honours an explicit data_path ---------------------------------------------------------------
+_ORIGINAL_SET_DEFAULTS = None
+
+
+def _set_default_parameters(self):
+    _ORIGINAL_SET_DEFAULTS(self)
+    given = self.external_config_dict.get("data_path")  # user's files, config_dict, command line
+    if self.dataset == "ml-100k" and given is not None:
+        self.final_config_dict["data_path"] = os.path.join(str(given), self.dataset)
+
+
+def patch_ml100k_data_path() -> None:
+    global _ORIGINAL_SET_DEFAULTS
+    from recbole.config.configurator import Config
+
+    if _ORIGINAL_SET_DEFAULTS is None:
+        _ORIGINAL_SET_DEFAULTS = Config._set_default_parameters
+        Config._set_default_parameters = _set_default_parameters
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -454,4 +481,5 @@ def apply() -> None:
     patch_ensure_dir()
     patch_no_pickled_data()
     patch_literal_settings()
+    patch_ml100k_data_path()
     _APPLIED = True
