@@ -200,3 +200,13 @@ def test_ml100k_under_data_path_is_the_data_used(tmp_path, monkeypatch):
     # without data_path the embedded copy stays the default
     default = build_config("SASRec-S", "ml-100k", overrides=FAST, check_data=False)
     assert "dataset_example" in default["data_path"]
+
+
+def test_kd_dagfm_teacher_is_never_evaluated(tmp_path, capsys, monkeypatch):
+    """RecBole's stock KD_DAGFM eval()s its ``teacher`` setting when the model is built."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "MARKER"
+    code, err = cli(capsys, "--model=KD_DAGFM", "--dataset=ml-100k", "--epochs=1", "--show_progress=False",
+                    "--state=WARNING", f"--teacher=__import__('os').system('touch {marker}') or CrossNet")
+    assert not marker.exists()
+    assert code == 2 and len(err) == 1 and "teacher" in err[0], err
