@@ -1,8 +1,8 @@
-"""The one place where RecBole 1.2.1 is made to work on today's stack.
+"""The one place where RecBole 1.2.1 is made to work on today's stack, and safe.
 
 Each shim below is idempotent, applied by :func:`apply` (called when
-``recbole_kd`` is imported), and has a test in ``tests/test_compat.py`` that
-fails without it.
+``recbole_kd`` is imported), and has a test that fails without it: (a)-(e) in
+``tests/test_compat.py``, the safety shims (f)-(h) in ``tests/test_hardening.py``.
 
 ==========================  ======================================================
 trap                        how it is handled

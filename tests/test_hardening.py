@@ -126,6 +126,7 @@ def test_bench_value_is_never_evaluated(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "recbole_kd", "bench", str(path), f"--out={tmp_path / 'out'}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert not marker.exists(), proc.stderr[-2000:]
+    assert proc.returncode == 2 and "epochs" in proc.stderr, proc.stderr[-2000:]  # refused before any cell runs
 
 
 def test_numeric_checkpoint_dir_is_a_folder(tiny, tmp_path, capsys):
