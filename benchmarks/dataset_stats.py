@@ -92,7 +92,7 @@ def check_dedup_order(dataset, inter_path: str) -> dict:
 
 
 def stats_for(name: str, data_path: str, scratch: str) -> dict:
-    from recbole.data import create_dataset
+    from recbole_kd.compat import create_dataset  # never unpickles a saved dataset
 
     from recbole_kd.config import build_config
 

@@ -1,8 +1,8 @@
-"""The one place where RecBole 1.2.1 is made to work on today's stack.
+"""The one place where RecBole 1.2.1 is made to work on today's stack, and safe.
 
 Each shim below is idempotent, applied by :func:`apply` (called when
-``recbole_kd`` is imported), and has a test in ``tests/test_compat.py`` that
-fails without it.
+``recbole_kd`` is imported), and has a test that fails without it: (a)-(e) in
+``tests/test_compat.py``, the safety shims (f)-(h) in ``tests/test_hardening.py``.
 
 ==========================  ======================================================
 trap                        how it is handled
@@ -55,6 +55,31 @@ trap                        how it is handled
                             never start a group twice when a run builds
                             several configs). DDP's ``device_ids`` is handled
                             in our trainer (CPU modules need ``None``).
+(f) pickled data files      shim: ``create_dataset`` ``pickle.load``s
+                            ``<checkpoint_dir>/<dataset>-<Class>.pth`` (or
+                            ``dataset_save_path``) and ``data_preparation``
+                            ``<checkpoint_dir>/<dataset>-for-<model>-dataloader.pth``
+                            (or ``dataloaders_save_path``) whenever they exist:
+                            a file left in a checkpoint folder runs code. The
+                            dataset is always built from its atomic files; such a
+                            file is ignored with a warning. ``build_config``
+                            refuses the four settings that save or load them.
+(g) settings are evaluated  shim: ``Config._convert_config_dict`` ``eval()``s every
+                            string value of a config_dict / command line (so a
+                            value runs code, and ``--checkpoint_dir=2024`` is an
+                            int). Values are parsed with ``ast.literal_eval``
+                            (numbers, strings, lists, dicts, tuples, True/False/
+                            None; ``true``/``false`` as before) and anything else
+                            stays the plain string. Path settings
+                            (:data:`PATH_KEYS`, and keys ending in ``_dir``,
+                            ``_path``, ``_file``) stay strings (``None``: unset).
+(h) ml-100k's data_path     shim: ``Config._set_default_parameters`` points
+                            ml-100k at the copy inside the recbole wheel even when
+                            ``data_path`` is given, so ``--data_path=DIR`` was
+                            silently ignored. A ``data_path`` the user set (config
+                            file, config_dict, command line) is honoured: ml-100k
+                            is read from ``DIR/ml-100k/``; without one the
+                            embedded copy stays the default.
 ==========================  ======================================================
 """
 from __future__ import annotations
@@ -326,6 +351,122 @@ def patch_ensure_dir() -> None:
             module.ensure_dir = _ensure_dir
 
 
+# (f) pickled datasets / dataloaders -------------------------------------------------------------------
+def _pickle_ignored(path: str, what: str) -> None:
+    if path and os.path.exists(path):
+        from logging import getLogger
+
+        getLogger().warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
+                            "it is built from the atomic files")
+
+
+def create_dataset(config):
+    """``recbole.data.create_dataset`` without the pickle: the dataset class RecBole would pick, always
+    built from the atomic files (a saved ``.pth`` file is ignored, with a warning)."""
+    from recbole.utils import ModelType
+
+    dataset_module = importlib.import_module("recbole.data.dataset")
+    if hasattr(dataset_module, config["model"] + "Dataset"):
+        dataset_class = getattr(dataset_module, config["model"] + "Dataset")
+    else:
+        type2class = {
+            ModelType.GENERAL: "Dataset",
+            ModelType.SEQUENTIAL: "SequentialDataset",
+            ModelType.CONTEXT: "Dataset",
+            ModelType.KNOWLEDGE: "KnowledgeBasedDataset",
+            ModelType.TRADITIONAL: "Dataset",
+            ModelType.DECISIONTREE: "Dataset",
+        }
+        dataset_class = getattr(dataset_module, type2class[config["MODEL_TYPE"]])
+    saved = config["dataset_save_path"] or os.path.join(
+        str(config["checkpoint_dir"]), f'{config["dataset"]}-{dataset_class.__name__}.pth')
+    _pickle_ignored(saved, "dataset")
+    return dataset_class(config)
+
+
+def load_split_dataloaders(config):
+    """``recbole.data.utils.load_split_dataloaders`` never loads: ``data_preparation`` builds the loaders."""
+    saved = config["dataloaders_save_path"] or os.path.join(
+        str(config["checkpoint_dir"]), f'{config["dataset"]}-for-{config["model"]}-dataloader.pth')
+    _pickle_ignored(saved, "dataloader")
+    return None
+
+
+def patch_no_pickled_data() -> None:
+    utils = importlib.import_module("recbole.data.utils")
+    utils.create_dataset = create_dataset
+    utils.load_split_dataloaders = load_split_dataloaders  # data_preparation looks it up here
+    for name in ("recbole.data", "recbole.quick_start.quick_start", "recbole.quick_start"):
+        module = sys.modules.get(name)  # recbole.quick_start imports ray: patched only if already loaded
+        if module is not None and hasattr(module, "create_dataset"):
+            module.create_dataset = create_dataset
+        if module is not None and hasattr(module, "load_split_dataloaders"):
+            module.load_split_dataloaders = load_split_dataloaders
+
+
+# (g) setting values: literals, never evaluated ---------------------------------------------------------
+PATH_KEYS = frozenset({
+    "checkpoint_dir", "data_path", "result_file", "teacher_dir", "teacher_checkpoint", "kd_cache_dir",
+    "text_cache_dir", "transfer_dir", "dataset_save_path", "dataloaders_save_path", "config_files", "plugins",
+})
+
+
+def is_path_key(key) -> bool:
+    key = str(key)
+    return key in PATH_KEYS or key.endswith(("_dir", "_path", "_file"))
+
+
+def literal_value(key, param):
+    """A ``--key=value`` string as the value it spells (a Python literal), never evaluated."""
+    import ast
+
+    if not isinstance(param, str):
+        return param
+    if is_path_key(key):
+        return None if param.strip() in ("None", "~") else param
+    try:
+        value = ast.literal_eval(param)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        lowered = param.strip().lower()
+        return True if lowered == "true" else False if lowered == "false" else param
+    if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):
+        return param  # e.g. a set or bytes literal: RecBole kept those as the string too
+    return value
+
+
+def _convert_config_dict(self, config_dict):
+    """Drop-in for ``Config._convert_config_dict``: literal parsing instead of ``eval``."""
+    for key in config_dict:
+        config_dict[key] = literal_value(key, config_dict[key])
+    return config_dict
+
+
+def patch_literal_settings() -> None:
+    from recbole.config.configurator import Config
+
+    Config._convert_config_dict = _convert_config_dict
+
+
+# (h) ml-100k honours an explicit data_path ---------------------------------------------------------------
+_ORIGINAL_SET_DEFAULTS = None
+
+
+def _set_default_parameters(self):
+    _ORIGINAL_SET_DEFAULTS(self)
+    given = self.external_config_dict.get("data_path")  # user's files, config_dict, command line
+    if self.dataset == "ml-100k" and given is not None:
+        self.final_config_dict["data_path"] = os.path.join(str(given), self.dataset)
+
+
+def patch_ml100k_data_path() -> None:
+    global _ORIGINAL_SET_DEFAULTS
+    from recbole.config.configurator import Config
+
+    if _ORIGINAL_SET_DEFAULTS is None:
+        _ORIGINAL_SET_DEFAULTS = Config._set_default_parameters
+        Config._set_default_parameters = _set_default_parameters
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -338,4 +479,7 @@ def apply() -> None:
     patch_ray_import()
     patch_init_device()
     patch_ensure_dir()
+    patch_no_pickled_data()
+    patch_literal_settings()
+    patch_ml100k_data_path()
     _APPLIED = True

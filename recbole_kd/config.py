@@ -103,9 +103,25 @@ def build_config(model: str, dataset: str, config_files=(), overrides: dict | No
     if mechanisms and "text" in (mechanisms if isinstance(mechanisms, list) else [mechanisms]):
         config["item_text"] = True  # the text mechanism: both phases represent items by their text
     check_user_settings(config, config_files, overrides)
+    check_no_pickled_data(config)
     if check_data:
         check_dataset_present(config)
     return config
+
+
+PICKLE_KEYS = ("dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders")
+
+
+def check_no_pickled_data(config) -> None:
+    """RecBole saves and loads datasets / dataloaders with pickle, and unpickling a file runs code:
+    recbole-kd always builds them from the atomic files, so the settings that ask for it are refused."""
+    for key in PICKLE_KEYS:
+        if key in config and config[key]:
+            raise ConfigError(
+                f"{key}={config[key]!r} is not supported: recbole-kd never saves or loads pickled datasets or "
+                "dataloaders (loading a pickle runs code); the data is always built from its atomic files, "
+                f"remove {key}"
+            )
 
 
 def check_user_settings(config, config_files=(), overrides=None) -> None:

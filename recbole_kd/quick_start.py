@@ -14,10 +14,11 @@ from recbole_kd.config import build_config
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from recbole.data import create_dataset, data_preparation  # noqa: E402
+from recbole.data import data_preparation  # noqa: E402  (its pickle loading is disabled by compat)
 from recbole.utils import init_logger, init_seed, set_color  # noqa: E402
 
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
+from recbole_kd.compat import create_dataset  # noqa: E402  (never unpickles a saved dataset)
 from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
 

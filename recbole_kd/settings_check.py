@@ -104,6 +104,9 @@ def check_values(config) -> None:  # noqa: C901
     def get(key):
         return config[key] if key in config else None
 
+    if get("model") == "KD_DAGFM" and get("teacher") not in ("CrossNet", "CIN"):
+        # RecBole's KD_DAGFM eval()s its teacher setting: only the two networks it names are allowed
+        bad("teacher", get("teacher"), "RecBole's KD_DAGFM teacher network is 'CrossNet' or 'CIN'")
     for key in _POSITIVE_INTS:
         v = get(key)
         if v is not None and not (_is_int(v) and v >= 1):

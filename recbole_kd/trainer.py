@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import os
+import secrets
 import time
 
 import numpy as np
@@ -82,8 +83,14 @@ class KDTrainerMixin:
             self.distributed_model = distributed.wrap(config, self.model)
         self.evaluated_users: int | None = None
         self.epoch_seconds: list[float] = []
-        self.checkpoint_meta: dict = {}
         self.run_key = run_key(config)
+        # RecBole names the best-model file {model}-{time to the second}.pth: two runs started in the same
+        # second in one folder would share it. This run's file is unique (run key, pid, random nonce), and
+        # the nonce, recorded in every checkpoint's meta, is checked before the best weights are loaded.
+        self.run_nonce: str | None = secrets.token_hex(8)
+        self.checkpoint_meta: dict = {"run_nonce": self.run_nonce}
+        stem = os.path.splitext(self.saved_model_file)[0]
+        self.saved_model_file = f"{stem}-{self.run_key}-{os.getpid()}-{self.run_nonce[:8]}.pth"
         self.last_checkpoint_file = os.path.join(
             self.checkpoint_dir, f"{config['model']}-{config['dataset']}-{self.run_key}-last.pth"
         )
@@ -252,6 +259,7 @@ class KDTrainerMixin:
                 self.best_valid_result, protocol=self.protocol, by_protocol=state.get("best_valid_by_protocol")
             )
         self.saved_model_file = state["best_model_file"]
+        self._adopt_nonce(meta.get("run_nonce"))  # its best-model file carries the interrupted run's nonce
         self.epoch_seconds = list(state["epoch_seconds"])
         self.resume_finished = bool(state["finished"])
         self._pending_resume = None if self.resume_finished else state
@@ -261,6 +269,25 @@ class KDTrainerMixin:
         else:
             self.logger.info(f"resume: continuing from {path} at epoch {self.start_epoch}")
         return True
+
+    def _adopt_nonce(self, nonce) -> None:
+        """Continue the run that wrote a checkpoint (None: a file from before nonces, not checked)."""
+        self.run_nonce = nonce
+        if nonce:
+            self.checkpoint_meta["run_nonce"] = nonce
+        else:
+            self.checkpoint_meta.pop("run_nonce", None)
+
+    def _load_own_best(self, checkpoint_file):
+        """The best weights this run wrote: a file another run overwrote (same name) is refused."""
+        checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, expect_model=self.config["model"])
+        if self.run_nonce and checkpoint.get("meta", {}).get("run_nonce") != self.run_nonce:
+            raise CheckpointError(
+                f"best-model file {checkpoint_file} was written by another run (several runs in one "
+                "--checkpoint_dir?), not by this one; refusing to evaluate weights this run did not train; "
+                "give each run its own --checkpoint_dir and run again"
+            )
+        self._load_state_into_model(checkpoint, checkpoint_file)
 
     def _apply_resume_state(self, train_data) -> None:
         state, self._pending_resume = self._pending_resume, None
@@ -302,6 +329,7 @@ class KDTrainerMixin:
             return
         self.saved_model_file = resume_file
         checkpoint = self._load_model_state(resume_file)
+        self._adopt_nonce(checkpoint.get("meta", {}).get("run_nonce"))  # training goes on in that file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
@@ -328,7 +356,10 @@ class KDTrainerMixin:
     def _evaluate_here(self, eval_data, load_best_model, model_file, show_progress):
         if load_best_model:
             checkpoint_file = model_file or self.saved_model_file
-            self._load_model_state(checkpoint_file)
+            if model_file:
+                self._load_model_state(checkpoint_file)
+            else:
+                self._load_own_best(checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         full_sort = isinstance(eval_data, FullSortEvalDataLoader)
         if full_sort:

@@ -81,7 +81,7 @@ class DistillTrainer(KDTrainer):
         find it in the zoo). ``build=False`` (machines other than the first): only check it is there."""
         if config["teacher_checkpoint"]:
             return
-        from recbole.data import create_dataset
+        from recbole_kd.compat import create_dataset  # never unpickles a saved dataset
 
         from recbole_kd.config import ConfigError
         from recbole_kd.kd.teacher import zoo_path
