@@ -174,6 +174,9 @@ def test_evaluate_checkpoints_matches_the_training_run_and_scores_ensembles(tiny
     assert one["model"] == "SASRec-L" and one["num_params"] == runs[0]["num_params"]
     assert one["test_result"] == pytest.approx(runs[0]["test_result"], abs=1e-4)
     assert one["best_valid_result"] == pytest.approx(runs[0]["best_valid_result"], abs=1e-4)
+    for protocol in ("filter_seen", "recbole"):  # both protocols, as the training run reported them
+        assert one["test_result_by_protocol"][protocol] == pytest.approx(runs[0]["test_result_by_protocol"][protocol],
+                                                                          abs=1e-4)
     both = evaluate_checkpoints("tiny", [r["checkpoint"] for r in runs], {"data_path": tiny_data, "state": "WARNING"})
     assert both["model"] == "ensemble(SASRec-L x2)" and both["num_params"] == 2 * runs[0]["num_params"]
     assert both["latency_seconds"] > 0 and set(both["test_result"]) == set(one["test_result"])

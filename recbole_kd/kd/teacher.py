@@ -635,6 +635,9 @@ def evaluate_checkpoints(dataset_name: str, paths, overrides: dict | None = None
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     valid = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     test = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+    from recbole_kd.protocol import by_protocol, selected
+
     return {"model": label, "dataset": dataset_name, "checkpoints": paths, "num_params": sum(p.numel() for p in model.parameters()),
-            "best_valid_result": _floats(valid), "test_result": _floats(test),
+            "protocol": selected(config), "best_valid_result": _floats(valid), "test_result": _floats(test),
+            "best_valid_result_by_protocol": by_protocol(valid), "test_result_by_protocol": by_protocol(test),
             **cost_report(model, test_data, None)}
