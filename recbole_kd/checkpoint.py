@@ -140,6 +140,10 @@ def set_rng_state(state: dict, generators=()) -> None:
 def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = None) -> dict:
     """Load one of our checkpoints safely; raise :class:`CheckpointError` with a clear message."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a file; pass the path of a .pth file written by recbole-kd"
+        )
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or train the model first")
     try:
@@ -159,13 +163,23 @@ def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = No
             f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
             "delete it and re-train, or restore it from a backup"
         ) from None
+    except Exception as exc:  # noqa: BLE001  (on a text file, torch's unpickler raises IndexError, KeyError ...)
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"checkpoint {path} is not a PyTorch checkpoint (not a torch.save archive: another kind of "
+                "file, or corrupt); pass a .pth written by recbole-kd"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
+            "delete it and re-train, or restore it from a backup"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a recbole-kd checkpoint (no '{FORMAT}' marker); re-train with recbole-kd"
         )
-    if expect_model is not None and state["config"].get("model") != expect_model:
+    if expect_model is not None and (state.get("config") or {}).get("model") != expect_model:
         raise CheckpointError(
-            f"checkpoint {path} holds model {state['config'].get('model')!r}, expected {expect_model!r}; "
+            f"checkpoint {path} holds model {(state.get('config') or {}).get('model')!r}, expected {expect_model!r}; "
             "pass a checkpoint of the right model"
         )
     return state

@@ -214,8 +214,9 @@ class KDTrainerMixin:
         """Load the last checkpoint of this run (``mode``: True, ``"auto"`` = only if there is one, or a
         path). Weights and counters now; optimizer and random states when training restarts."""
         auto = mode == "auto"
-        path = mode if isinstance(mode, str) and not auto else self.last_checkpoint_file
-        if not os.path.isfile(path):
+        explicit = isinstance(mode, str) and not auto
+        path = mode if explicit else self.last_checkpoint_file
+        if not os.path.isfile(path) and not explicit:  # an explicit path: load_checkpoint says what is wrong
             if auto:
                 return False
             raise CheckpointError(
