@@ -62,3 +62,21 @@ def test_not_a_checkpoint_on_the_command_line_is_one_line(option, tiny, tmp_path
         code, line = cli(capsys, f"--model={model}", *_quiet(tiny, tmp_path / "ck"), f"{option}={path}")
         assert code == 2, line
         assert line.startswith("recbole-kd: error:") and str(path) in line and message in line, line
+
+
+# ---- D7: config files that are not YAML mappings ----------------------------------------------------
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("epochs: 1\nlearning_rate: [0.1\n", "is not valid YAML: line 3, column 1"),
+        ("epochs: 1\n  bad: indent: here\n", "is not valid YAML: line 2, column"),
+        ("- epochs\n- 1\n", "must hold a mapping of settings"),
+        ("just a string\n", "must hold a mapping of settings"),
+    ],
+)
+def test_broken_config_file_is_one_line(text, message, tiny, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, tmp_path / "ck"), f"--config_files={path}")
+    assert code == 2, line
+    assert line.startswith("recbole-kd: error:") and str(path) in line and message in line, line
