@@ -80,3 +80,52 @@ def test_broken_config_file_is_one_line(text, message, tiny, tmp_path, capsys):
     code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, tmp_path / "ck"), f"--config_files={path}")
     assert code == 2, line
     assert line.startswith("recbole-kd: error:") and str(path) in line and message in line, line
+
+
+# ---- D9: settings checked before any data loads -----------------------------------------------------
+@pytest.fixture
+def no_data_load(monkeypatch):
+    """Fail the test if the run gets as far as loading the data."""
+    from recbole_kd import quick_start
+
+    def prepare(config):
+        raise AssertionError("data was loaded before the bad setting was refused")
+
+    monkeypatch.setattr(quick_start, "prepare", prepare)
+
+
+def _d9_cases(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return [
+        (["--seed=abc"], "invalid setting seed='abc'"),
+        (["--seed=-1"], "invalid setting seed=-1"),
+        (["--hidden_act=foo"], "invalid setting hidden_act='foo'"),
+        (["--loss_type=foo"], "invalid setting loss_type='foo'"),
+        (["--loss_type=BPR"], "invalid setting loss_type='BPR': SASRec-S takes CE or sampled"),
+        (["--model=MF-S", "--loss_type=sampled"], "invalid setting loss_type='sampled'"),
+        (["--valid_metric=foo@10"], "invalid setting valid_metric='foo@10'"),
+        (["--valid_metric=ndcg@5"], "invalid setting valid_metric='ndcg@5'"),
+        (["--valid_metric=ndcg"], "invalid setting valid_metric='ndcg'"),
+        ([f"--checkpoint_dir={a_file}"], "is a file, not a folder"),
+        ([f"--result_file={a_file / 'r.json'}"], f"cannot write result file {a_file / 'r.json'}"),
+        ([f"--result_file={tmp_path}"], "is a folder"),
+        (["--result_file=/proc/r.json"], "cannot write result file /proc/r.json"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(13))
+def test_bad_values_are_refused_before_data_loads(case, tiny, tmp_path, capsys, no_data_load):
+    args, message = _d9_cases(tmp_path)[case]
+    given = {a.split("=")[0] for a in args}
+    base = ["--model=SASRec-S", *_quiet(tiny, tmp_path / "ck")]
+    code, line = cli(capsys, *[a for a in base if a.split("=")[0] not in given], *args)
+    assert code == 2, line
+    assert line.startswith("recbole-kd: error:") and message in line, line
+
+
+def test_valid_metric_is_case_insensitive(tiny, tmp_path, capsys):
+    code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, tmp_path / "ck"), "--valid_metric=mrr@20",
+                     f"--result_file={tmp_path / 'r.json'}")
+    assert code == 0, line
+    assert (tmp_path / "r.json").exists()
