@@ -129,3 +129,38 @@ def test_valid_metric_is_case_insensitive(tiny, tmp_path, capsys):
                      f"--result_file={tmp_path / 'r.json'}")
     assert code == 0, line
     assert (tmp_path / "r.json").exists()
+
+
+# ---- D10: a checkpoint folder that was moved still resumes -------------------------------------------
+def test_resume_after_the_checkpoint_folder_was_moved(tiny, tmp_path, capsys):
+    import json
+    import shutil
+
+    old, new = tmp_path / "ck_old", tmp_path / "moved" / "ck_new"
+    code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, old, epochs=2), f"--result_file={tmp_path / 'a.json'}")
+    assert code == 0, line
+    new.parent.mkdir()
+    shutil.move(str(old), str(new))
+    code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, new, epochs=2), "--resume",
+                     f"--result_file={tmp_path / 'b.json'}")
+    assert code == 0, line
+    a = json.loads((tmp_path / "a.json").read_text())
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert b["resumed_from"] and str(new) in b["resumed_from"]
+    assert a["test_result"] == b["test_result"] and a["best_valid_result"] == b["best_valid_result"]
+    assert not old.exists()
+
+
+def test_old_absolute_best_model_paths_still_resolve(tmp_path):
+    from recbole_kd.trainer import _best_model_path
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    best = ck / "M-best.pth"
+    best.write_bytes(b"x")
+    last = str(ck / "M-last.pth")
+    assert _best_model_path("M-best.pth", last) == str(best)  # new: relative to the -last.pth folder
+    assert _best_model_path(str(best), last) == str(best)  # old: absolute, still there
+    gone = str(tmp_path / "elsewhere" / "M-best.pth")
+    assert _best_model_path(gone, last) == str(best)  # old absolute path of a moved folder: found beside
+    assert _best_model_path(str(tmp_path / "x" / "other.pth"), last) == str(tmp_path / "x" / "other.pth")
