@@ -164,3 +164,20 @@ def test_old_absolute_best_model_paths_still_resolve(tmp_path):
     gone = str(tmp_path / "elsewhere" / "M-best.pth")
     assert _best_model_path(gone, last) == str(best)  # old absolute path of a moved folder: found beside
     assert _best_model_path(str(tmp_path / "x" / "other.pth"), last) == str(tmp_path / "x" / "other.pth")
+
+
+# ---- D11: kd_topk larger than the catalogue ---------------------------------------------------------
+def test_kd_topk_larger_than_the_catalogue_reports_the_value_used(tiny, tmp_path, capsys, caplog):
+    import json
+
+    from recbole_kd.cli import main
+
+    code = main(["--model=KD-SASRec", *_quiet(tiny, tmp_path / "ck"), f"--teacher_dir={tmp_path / 'zoo'}",
+                 "--teacher_config={'epochs': 1}", "--kd_topk=1000", f"--result_file={tmp_path / 'r.json'}"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-2000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    used = result["kd_topk"]
+    assert used < 1000 and result["kd_topk_requested"] == 1000
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("kd_topk=1000" in w and f"using {used}" in w for w in warnings), warnings
