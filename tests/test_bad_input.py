@@ -181,3 +181,35 @@ def test_kd_topk_larger_than_the_catalogue_reports_the_value_used(tiny, tmp_path
     assert used < 1000 and result["kd_topk_requested"] == 1000
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("kd_topk=1000" in w and f"using {used}" in w for w in warnings), warnings
+
+
+# ---- D11: Ctrl-C during training ---------------------------------------------------------------------
+def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_tiny_dataset(tmp_path / "data", n_users=20, n_items=30, max_len=12)
+    quiet = [a for a in _quiet(data, tmp_path / "ck", epochs=500) if not a.startswith("--state=")]
+    args = ["--model=SASRec-S", *quiet, "--stopping_step=1000", "--state=INFO",
+            f"--result_file={tmp_path / 'r.json'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "recbole_kd", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, "".join(seen)[-2000:]
+        seen.append(line)
+        if "epoch 0 training" in line:
+            break
+    os.kill(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("recbole-kd: interrupted"), err[-2000:]
+    assert "--resume" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "r.json").exists()
