@@ -67,9 +67,41 @@ def item_vocab_hash(dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def _feed(h, value) -> None:
+    """Hash a checkpoint value: tensors by dtype, shape and bytes; plain values by type and repr."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k in sorted(value, key=repr):
+            _feed(h, k)
+            _feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())  # list and tuple alike: a round trip may turn one into the other
+        for v in value:
+            _feed(h, v)
+    elif isinstance(value, torch.Size):
+        h.update(f"S{tuple(value)}".encode())
+    else:
+        h.update(f"V{type(value).__name__}:{value!r}\0".encode())
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over a checkpoint's tensors and values (every key but ``digest``)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return h.hexdigest()
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically: a crash never leaves a truncated file there."""
+    """``torch.save`` to ``path`` atomically: a crash never leaves a truncated file there. One of our
+    checkpoints (a dict with the format marker) gets a ``digest`` that :func:`load_checkpoint` verifies."""
     path = os.fspath(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = {**obj, "digest": state_digest(obj)}
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -176,6 +208,12 @@ def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = No
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a recbole-kd checkpoint (no '{FORMAT}' marker); re-train with recbole-kd"
+        )
+    digest = state.get("digest")
+    if digest is not None and digest != state_digest(state):  # older checkpoints carry none: not checked
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its contents do not match the digest written with it (bytes changed "
+            "on disk or in transfer); delete it and re-train, or restore it from a backup"
         )
     if expect_model is not None and (state.get("config") or {}).get("model") != expect_model:
         raise CheckpointError(

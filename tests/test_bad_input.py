@@ -213,3 +213,48 @@ def test_ctrl_c_during_training_is_one_line_and_exit_130(tmp_path):
     assert err.strip().splitlines()[-1].startswith("recbole-kd: interrupted"), err[-2000:]
     assert "--resume" in err.strip().splitlines()[-1]
     assert not (tmp_path / "r.json").exists()
+
+
+# ---- D12: checkpoints carry a digest ----------------------------------------------------------------
+def _flip_bytes_in_largest_tensor(path):
+    """Flip a few bytes inside the storage of the checkpoint's largest tensor (the zip stays valid)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(open(path, "rb").read())
+    name_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    for off in (info.file_size // 3, info.file_size // 2, info.file_size - 5):
+        raw[start + off] ^= 0x5A
+    open(path, "wb").write(bytes(raw))
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused(tiny, tmp_path, capsys):
+    import torch
+
+    from recbole_kd.checkpoint import CheckpointError, load_checkpoint
+
+    ck = tmp_path / "ck"
+    code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, ck))
+    assert code == 0, line
+    (last,) = glob.glob(str(ck / "*-last.pth"))
+    assert "digest" in torch.load(last, weights_only=True)
+    load_checkpoint(last)  # whole: loads
+    _flip_bytes_in_largest_tensor(last)
+    torch.load(last, weights_only=True)  # torch itself does not notice
+    with pytest.raises(CheckpointError, match="digest"):
+        load_checkpoint(last)
+    code, line = cli(capsys, "--model=SASRec-S", *_quiet(tiny, ck), f"--resume={last}")
+    assert code == 2 and line.startswith("recbole-kd: error:") and last in line and "digest" in line, line
+
+
+def test_checkpoints_without_a_digest_still_load(tmp_path):
+    import torch
+
+    from recbole_kd.checkpoint import FORMAT, load_checkpoint
+
+    path = str(tmp_path / "old.pth")
+    torch.save({"format": FORMAT, "config": {"model": "M"}, "state_dict": {"w": torch.ones(3)}}, path)
+    assert load_checkpoint(path, expect_model="M")["state_dict"]["w"].sum() == 3
