@@ -123,7 +123,7 @@ class KDTrainerMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self._pending_resume is not None:
             self._apply_resume_state(train_data)
-        elif self._epochs_this_process > 0 and self._saving:
+        elif self._saving:  # at the start of every epoch, epoch 0 included: a kill in it can be resumed
             self._save_last(train_data, next_epoch=epoch_idx)
         start = time.perf_counter()
         guarded = self._finite_loss(loss_func or self.model.calculate_loss, epoch_idx)

@@ -258,3 +258,46 @@ def test_checkpoints_without_a_digest_still_load(tmp_path):
     path = str(tmp_path / "old.pth")
     torch.save({"format": FORMAT, "config": {"model": "M"}, "state_dict": {"w": torch.ones(3)}}, path)
     assert load_checkpoint(path, expect_model="M")["state_dict"]["w"].sum() == 3
+
+
+# ---- -last.pth from the start of epoch 0 -------------------------------------------------------------
+KILL_IN_EPOCH_0 = '''
+import os, signal
+from recbole.trainer import Trainer
+
+_orig = Trainer._train_epoch
+
+
+def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+    if epoch_idx == 0:
+        os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of the first epoch
+    return _orig(self, train_data, epoch_idx, *args, **kwargs)
+
+
+Trainer._train_epoch = _train_epoch
+'''
+
+
+def test_kill_during_epoch_0_then_resume(tmp_path):
+    import json
+    import signal
+
+    from conftest import run_cli
+
+    data = write_tiny_dataset(tmp_path / "data", n_users=20, n_items=30, max_len=12)
+    plugin = tmp_path / "kill_in_epoch_0.py"
+    plugin.write_text(KILL_IN_EPOCH_0)
+    ck = tmp_path / "ck"
+    base = ["--model=SASRec-S", *_quiet(data, ck, epochs=2)]
+    killed = run_cli(*base, f"--plugins={plugin}", cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(glob.glob(str(ck / "*-last.pth"))) == 1  # written at the start of epoch 0
+    resumed = run_cli(*base, "--resume", f"--result_file={tmp_path / 'resumed.json'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full = run_cli(*[a for a in base if not a.startswith("--checkpoint_dir")], f"--checkpoint_dir={tmp_path / 'ck2'}",
+                   f"--result_file={tmp_path / 'full.json'}", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+    a = json.loads((tmp_path / "full.json").read_text())
+    b = json.loads((tmp_path / "resumed.json").read_text())
+    assert b["resumed_from"] and b["epochs_run"] == a["epochs_run"] == 2
+    assert a["test_result"] == b["test_result"]
