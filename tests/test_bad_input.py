@@ -301,3 +301,62 @@ def test_kill_during_epoch_0_then_resume(tmp_path):
     b = json.loads((tmp_path / "resumed.json").read_text())
     assert b["resumed_from"] and b["epochs_run"] == a["epochs_run"] == 2
     assert a["test_result"] == b["test_result"]
+
+
+# ---- the table: every kind of bad input, one line, exit 2, no result written ---------------------------
+BAD_INPUT = [
+    # (CLI arguments, expected exit status, expected message fragment)
+    (["--model=NoSuchModel"], 2, "unknown model 'NoSuchModel'"),
+    (["--dataset=nosuch"], 2, "dataset 'nosuch' not found"),
+    (["--data_path={tmp}/no_such_folder"], 2, "dataset 'tiny' not found"),
+    (["--epochs=-1"], 2, "invalid setting epochs=-1"),
+    (["--model=KD-SASRec", "--kd_losses={{'sotf': 1.0}}"], 2, "unknown KD loss"),
+    (["--frobnicate"], 2, "unrecognised argument '--frobnicate'"),
+    (["--resume={csv}"], 2, "not a PyTorch checkpoint"),
+    (["--resume={byte}"], 2, "{byte} is not a PyTorch checkpoint"),
+    (["--resume={folder}"], 2, "is a folder"),
+    (["--model=KD-SASRec", "--teacher_checkpoint={csv}"], 2, "not a PyTorch checkpoint"),
+    (["--model=KD-SASRec", "--teacher_checkpoint={folder}"], 2, "is a folder"),
+    (["--config_files={bad_yaml}"], 2, "is not valid YAML: line 2, column"),
+    (["--config_files={list_yaml}"], 2, "must hold a mapping of settings"),
+    (["--seed=abc"], 2, "invalid setting seed='abc'"),
+    (["--hidden_act=foo"], 2, "invalid setting hidden_act='foo'"),
+    (["--loss_type=foo"], 2, "invalid setting loss_type='foo'"),
+    (["--valid_metric=foo@10"], 2, "invalid setting valid_metric='foo@10'"),
+    (["--checkpoint_dir={file}"], 2, "is a file, not a folder"),
+    (["--result_file={file}/r.json"], 2, "cannot write result file"),
+    (["--result_file={folder}"], 2, "is a folder"),
+]
+
+
+@pytest.mark.parametrize("args,status,message", BAD_INPUT, ids=[f"{i}:{' '.join(r[0])[:40]}" for i, r in enumerate(BAD_INPUT)])
+def test_bad_input_table(args, status, message, tiny, tmp_path, capsys):
+    csv = tmp_path / "scores.csv"
+    csv.write_text("user,item,score\n1,2,0.5\n")
+    byte = tmp_path / "one_byte.pth"
+    byte.write_bytes(b".")  # pickle's STOP opcode alone: an IndexError escaped load_checkpoint
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: 1\n  oops: [1, 2\n")
+    list_yaml = tmp_path / "list.yaml"
+    list_yaml.write_text("- epochs: 1\n")
+    names = dict(tmp=tmp_path, csv=csv, byte=byte, folder=folder, file=a_file, bad_yaml=bad_yaml, list_yaml=list_yaml)
+    args = [a.format(**names) for a in args]
+    message = message.format(**names)
+    result = tmp_path / "result.json"
+    given = {a.split("=")[0] for a in args}
+    base = ["--model=SASRec-S", *_quiet(tiny, tmp_path / "ck"), f"--teacher_dir={tmp_path / 'zoo'}",
+            f"--result_file={result}"]
+    base = [a for a in base if a.split("=")[0] not in given]
+    if not any(a.startswith("--model=KD-") for a in args):
+        base = [a for a in base if not a.startswith("--teacher_dir")]
+    code, line = cli(capsys, *base, *args)
+    assert code == status, line
+    assert line.startswith("recbole-kd: error:") and message in line, line
+    assert not result.exists()
+    written = [a.split("=", 1)[1] for a in args if a.startswith("--result_file=")]
+    assert not any(os.path.isfile(w) for w in written)
+    assert not glob.glob(str(tmp_path / "ck" / "*.pth"))  # nothing was trained
