@@ -5,7 +5,8 @@ refuses to load by default (and rightly: unpickling runs code). Our checkpoints
 hold only tensors and plain Python values, so they load through torch's safe
 loader; everything else (a stock RecBole checkpoint, a random pickle) keeps
 being refused. Writes are atomic: temporary file in the same folder, flush,
-fsync, rename.
+fsync, rename. Each checkpoint carries a sha256 ``digest`` of its tensors and values, checked on load
+(checkpoints written before digests load unchecked).
 """
 from __future__ import annotations
 
@@ -70,7 +71,10 @@ def item_vocab_hash(dataset) -> str:
 def _feed(h, value) -> None:
     """Hash a checkpoint value: tensors by dtype, shape and bytes; plain values by type and repr."""
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
+        t = value.detach().cpu()
+        if t.layout != torch.strided:  # a sparse buffer (some graph models): hash its dense values
+            t = t.to_dense()
+        t = t.contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():
             h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
