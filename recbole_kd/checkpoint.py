@@ -5,7 +5,8 @@ refuses to load by default (and rightly: unpickling runs code). Our checkpoints
 hold only tensors and plain Python values, so they load through torch's safe
 loader; everything else (a stock RecBole checkpoint, a random pickle) keeps
 being refused. Writes are atomic: temporary file in the same folder, flush,
-fsync, rename.
+fsync, rename. Each checkpoint carries a sha256 ``digest`` of its tensors and values, checked on load
+(checkpoints written before digests load unchecked).
 """
 from __future__ import annotations
 
@@ -67,9 +68,44 @@ def item_vocab_hash(dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def _feed(h, value) -> None:
+    """Hash a checkpoint value: tensors by dtype, shape and bytes; plain values by type and repr."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        if t.layout != torch.strided:  # a sparse buffer (some graph models): hash its dense values
+            t = t.to_dense()
+        t = t.contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k in sorted(value, key=repr):
+            _feed(h, k)
+            _feed(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())  # list and tuple alike: a round trip may turn one into the other
+        for v in value:
+            _feed(h, v)
+    elif isinstance(value, torch.Size):
+        h.update(f"S{tuple(value)}".encode())
+    else:
+        h.update(f"V{type(value).__name__}:{value!r}\0".encode())
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over a checkpoint's tensors and values (every key but ``digest``)."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return h.hexdigest()
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to ``path`` atomically: a crash never leaves a truncated file there."""
+    """``torch.save`` to ``path`` atomically: a crash never leaves a truncated file there. One of our
+    checkpoints (a dict with the format marker) gets a ``digest`` that :func:`load_checkpoint` verifies."""
     path = os.fspath(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = {**obj, "digest": state_digest(obj)}
     folder = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -140,6 +176,10 @@ def set_rng_state(state: dict, generators=()) -> None:
 def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = None) -> dict:
     """Load one of our checkpoints safely; raise :class:`CheckpointError` with a clear message."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a file; pass the path of a .pth file written by recbole-kd"
+        )
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path or train the model first")
     try:
@@ -159,13 +199,29 @@ def load_checkpoint(path: str, map_location="cpu", expect_model: str | None = No
             f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
             "delete it and re-train, or restore it from a backup"
         ) from None
+    except Exception as exc:  # noqa: BLE001  (on a text file, torch's unpickler raises IndexError, KeyError ...)
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"checkpoint {path} is not a PyTorch checkpoint (not a torch.save archive: another kind of "
+                "file, or corrupt); pass a .pth written by recbole-kd"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
+            "delete it and re-train, or restore it from a backup"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a recbole-kd checkpoint (no '{FORMAT}' marker); re-train with recbole-kd"
         )
-    if expect_model is not None and state["config"].get("model") != expect_model:
+    digest = state.get("digest")
+    if digest is not None and digest != state_digest(state):  # older checkpoints carry none: not checked
         raise CheckpointError(
-            f"checkpoint {path} holds model {state['config'].get('model')!r}, expected {expect_model!r}; "
+            f"checkpoint {path} is corrupt: its contents do not match the digest written with it (bytes changed "
+            "on disk or in transfer); delete it and re-train, or restore it from a backup"
+        )
+    if expect_model is not None and (state.get("config") or {}).get("model") != expect_model:
+        raise CheckpointError(
+            f"checkpoint {path} holds model {(state.get('config') or {}).get('model')!r}, expected {expect_model!r}; "
             "pass a checkpoint of the right model"
         )
     return state

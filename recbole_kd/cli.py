@@ -21,7 +21,8 @@ Any RecBole or recbole-kd setting can be given as --key=value (highest priority)
 epoch (after a crash or kill); --strict refuses unknown settings instead of warning.
 --nproc=N (and --world_size, --ip, --port, --offset for several machines) trains with
 torch.distributed: gloo on CPU, nccl on GPU (see README "Scaling out").
-Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training failed (NaN loss).
+Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training failed (NaN loss),
+130 interrupted (Ctrl-C; continue with --resume).
 The embedded default dataset is ml-100k (shipped inside the recbole wheel).
 """
 
@@ -123,4 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as exc:
         print(f"recbole-kd: error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        # the last finished epoch is in --checkpoint_dir (-last.pth, written at the start of every epoch)
+        print("recbole-kd: interrupted; resume with the same command plus --resume", file=sys.stderr)
+        return 130  # 128 + SIGINT, what a shell reports for a tool stopped by Ctrl-C
     return 0

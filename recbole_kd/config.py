@@ -75,8 +75,36 @@ def config_file_list(model: str, dataset: str, config_files=()) -> list[str]:
     for f in config_files or ():
         if not os.path.isfile(f):
             raise ConfigError(f"config file {f} does not exist; check --config_files")
+        read_config_file(f)  # before RecBole's Config parses it: one line, not a yaml traceback
         files.append(f)
     return files
+
+
+def read_config_file(path: str) -> dict:
+    """The settings in a ``--config_files`` file; ``ConfigError`` (file, line, column) if it is not a YAML
+    mapping."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check --config_files") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}; fix the file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings (key: value lines), not a "
+            f"{type(data).__name__}; e.g. 'epochs: 10'"
+        )
+    return data
 
 
 def build_config(model: str, dataset: str, config_files=(), overrides: dict | None = None,
@@ -126,20 +154,11 @@ def check_no_pickled_data(config) -> None:
 
 def check_user_settings(config, config_files=(), overrides=None) -> None:
     """Unknown keys the user set (warning, or error with ``strict``) and invalid values (error)."""
-    import yaml
-
     from recbole_kd.settings_check import check_unknown_keys, check_values
 
     user_keys = set(overrides or {})
     for path in config_files or ():
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings (key: value)")
-        user_keys |= set(data)
+        user_keys |= set(read_config_file(path))
     strict = bool(config["strict"])
     check_unknown_keys(user_keys, strict)
     for section in ("teacher_config", "source", "target"):

@@ -150,6 +150,8 @@ def run(
 
     With ``nproc`` > 1 or ``world_size`` > 0 (RecBole's distributed settings) the run is spread
     over processes (:mod:`recbole_kd.distributed`); the summary comes from rank 0."""
+    if result_file:
+        check_result_file(result_file)  # before any work: a result that cannot be written is lost
     config = build_config(model, dataset, config_files, overrides)
     from recbole_kd import distributed
 
@@ -287,6 +289,31 @@ def cost_report(model, test_data, checkpoint: str | None) -> dict:
         "model_state_bytes": state_bytes,
         "checkpoint_bytes": os.path.getsize(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None,
     }
+
+
+def check_result_file(path: str) -> None:
+    """Refuse (``ConfigError``, one line) a result file that could not be written after training: a folder,
+    a path under a file, or a place where no file can be created."""
+    from recbole_kd.config import ConfigError
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"result file {path} is a folder; pass a file path, e.g. "
+                          f"--result_file={os.path.join(path, 'result.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.exists(existing):  # the folder is created when the result is written
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"cannot write result file {path}: {existing} is a file, not a folder; choose another "
+                          "--result_file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-probe-", suffix=".json", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write result file {path}: {exc.strerror or exc} in {existing}; choose a "
+                          "writable --result_file") from None
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -156,9 +156,71 @@ def check_values(config) -> None:  # noqa: C901
     if port is not None and not (_is_int(port) and 0 < port < 65536) and not (isinstance(port, str) and port.isdigit()
                                                                              and 0 < int(port) < 65536):
         bad("port", port, "must be a TCP port number, 1-65535")
+    seed = get("seed")
+    if seed is not None and not (_is_int(seed) and 0 <= seed < 2 ** 32):
+        bad("seed", seed, "must be an integer in [0, 2**32 - 1]")
+    act = get("hidden_act")
+    if act is not None and act not in HIDDEN_ACTS:
+        bad("hidden_act", act, f"must be one of {', '.join(HIDDEN_ACTS)} (RecBole's FeedForward)")
+    check_loss_type(config, bad)
+    check_valid_metric(config, bad)
+    ck = get("checkpoint_dir")
+    if isinstance(ck, str) and os.path.exists(ck) and not os.path.isdir(ck):
+        bad("checkpoint_dir", ck, "is a file, not a folder; choose a folder for the checkpoints")
     resume = get("resume")
     if resume not in (None, False, True, "auto") and not isinstance(resume, str):
         bad("resume", resume, "must be True, False, auto or the path of a *-last.pth checkpoint")
+
+
+# the activations RecBole's FeedForward (recbole/model/layers.py get_hidden_act) accepts
+HIDDEN_ACTS = ("gelu", "relu", "swish", "tanh", "sigmoid")
+# RecBole's loss types: BPR / CE (general and sequential models), BCE / MSE (a few models, e.g. CDAE)
+RECBOLE_LOSS_TYPES = ("CE", "BPR", "BCE", "MSE")
+
+
+def check_loss_type(config, bad) -> None:
+    from recbole_kd.models.sasrec import WindowedSequentialModel
+    from recbole_kd.registry import get_entry
+
+    loss = config["loss_type"] if "loss_type" in config else None
+    if loss is None:
+        return
+    try:
+        cls = get_entry(config["model"]).cls
+    except Exception:  # an unknown model is reported by its own check
+        return
+    if isinstance(cls, type) and issubclass(cls, WindowedSequentialModel):
+        if loss not in ("CE", "sampled"):
+            bad("loss_type", loss, f"{config['model']} takes CE or sampled")
+    elif loss not in RECBOLE_LOSS_TYPES:
+        bad("loss_type", loss, "must be CE or BPR (BCE or MSE for the RecBole models that use them)")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_valid_metric(config, bad) -> None:
+    """valid_metric must be one of the configured metrics, at one of the configured topk for top-k metrics
+    (case-insensitive, as RecBole compares it)."""
+    vm = config["valid_metric"] if "valid_metric" in config else None
+    if vm is None:
+        return
+    metrics = [str(m).lower() for m in _as_list(config["metrics"] if "metrics" in config else None)]
+    topk = _as_list(config["topk"] if "topk" in config else None)
+    allowed = [f"{m}@{k}" for m in metrics for k in topk]
+    from recbole.evaluator.register import metric_information
+
+    # metrics over the top-k list are reported as name@k; the others (auc, gauc, mae ...) by name alone
+    value_metrics = [m for m in metrics if m in metric_information
+                     and not {"rec.topk", "rec.items"} & set(metric_information[m])]
+    allowed = [a for a in allowed if a.split("@")[0] not in value_metrics] + value_metrics
+    if not isinstance(vm, str) or vm.lower() not in allowed:
+        shown = ", ".join(allowed[:12]) + (" ..." if len(allowed) > 12 else "")
+        bad("valid_metric", vm, f"must be one of the configured metrics at a configured topk: {shown or 'none'} "
+            "(set metrics / topk to add one)")
 
 
 def _kind(model) -> str | None:

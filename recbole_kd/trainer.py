@@ -66,6 +66,21 @@ def run_key(config) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
+def _best_model_path(stored, last_file):
+    """The best-model file a ``-last.pth`` names: relative to the folder of the ``-last.pth`` file, or (older
+    checkpoints) absolute; an absolute path that is gone is looked for next to the ``-last.pth`` file (the
+    folder was moved)."""
+    if not stored:
+        return stored
+    folder = os.path.dirname(os.path.abspath(last_file))
+    if not os.path.isabs(stored):
+        return os.path.join(folder, stored)
+    beside = os.path.join(folder, os.path.basename(stored))
+    if not os.path.isfile(stored) and os.path.isfile(beside):
+        return beside
+    return stored
+
+
 class KDTrainerMixin:
     """Safe, atomic checkpoints and per-epoch timing for any RecBole trainer."""
 
@@ -108,7 +123,7 @@ class KDTrainerMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self._pending_resume is not None:
             self._apply_resume_state(train_data)
-        elif self._epochs_this_process > 0 and self._saving:
+        elif self._saving:  # at the start of every epoch, epoch 0 included: a kill in it can be resumed
             self._save_last(train_data, next_epoch=epoch_idx)
         start = time.perf_counter()
         guarded = self._finite_loss(loss_func or self.model.calculate_loss, epoch_idx)
@@ -204,7 +219,10 @@ class KDTrainerMixin:
             run_key=self.run_key,
             best_valid_result=plain(dict(self.best_valid_result)) if self.best_valid_result else None,
             best_valid_by_protocol=protocols.by_protocol(self.best_valid_result),
-            best_model_file=self.saved_model_file,
+            # relative to the checkpoint folder: the folder can be moved and still resume
+            best_model_file=os.path.relpath(
+                os.path.abspath(self.saved_model_file), os.path.dirname(os.path.abspath(self.last_checkpoint_file))
+            ),
             epoch_seconds=[float(x) for x in self.epoch_seconds],
             rng=rng_state(self._generators(train_data)),
         )
@@ -214,8 +232,9 @@ class KDTrainerMixin:
         """Load the last checkpoint of this run (``mode``: True, ``"auto"`` = only if there is one, or a
         path). Weights and counters now; optimizer and random states when training restarts."""
         auto = mode == "auto"
-        path = mode if isinstance(mode, str) and not auto else self.last_checkpoint_file
-        if not os.path.isfile(path):
+        explicit = isinstance(mode, str) and not auto
+        path = mode if explicit else self.last_checkpoint_file
+        if not os.path.isfile(path) and not explicit:  # an explicit path: load_checkpoint says what is wrong
             if auto:
                 return False
             raise CheckpointError(
@@ -243,9 +262,10 @@ class KDTrainerMixin:
                 f"{path} belongs to a run with other settings (differs in: {', '.join(diff) or 'unknown'}); "
                 "resume with the same settings or start fresh"
             )
-        if state["best_model_file"] and state["best_valid_result"] is not None and not os.path.isfile(state["best_model_file"]):
+        best_file = _best_model_path(state["best_model_file"], path)
+        if best_file and state["best_valid_result"] is not None and not os.path.isfile(best_file):
             raise CheckpointError(
-                f"{path} refers to its best-model file {state['best_model_file']}, which is missing; "
+                f"{path} refers to its best-model file {best_file}, which is missing; "
                 "restore it or start fresh"
             )
         self._load_state_into_model(state, path)
@@ -258,7 +278,7 @@ class KDTrainerMixin:
             self.best_valid_result = protocols.ProtocolResult(
                 self.best_valid_result, protocol=self.protocol, by_protocol=state.get("best_valid_by_protocol")
             )
-        self.saved_model_file = state["best_model_file"]
+        self.saved_model_file = best_file
         self._adopt_nonce(meta.get("run_nonce"))  # its best-model file carries the interrupted run's nonce
         self.epoch_seconds = list(state["epoch_seconds"])
         self.resume_finished = bool(state["finished"])

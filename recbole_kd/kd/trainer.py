@@ -63,7 +63,8 @@ class DistillTrainer(KDTrainer):
             raise ConfigError(f"cl_weight={model.cl_weight}: the contrastive regulariser is for plain training (e.g. "
                               "of a teacher); a distilled student is trained by its KD losses (set cl_weight: 0)")
         self.kd_spec = parse_kd_losses(config)
-        self.kd_topk = config["kd_topk"]
+        self.kd_topk = config["kd_topk"]  # the value used (capped at the catalogue when the teacher is attached)
+        self.kd_topk_requested = self.kd_topk
         self.kd_gate = config["kd_gate"] or "none"
         self.kd_gate_k = config["kd_gate_k"]
         self.kd_cache = bool(config["kd_cache"])
@@ -123,6 +124,13 @@ class DistillTrainer(KDTrainer):
             cache_dir=self.config["kd_cache_dir"], mask_seen=self.kd_mask_seen,
         )
         self.cache_seconds = time.perf_counter() - t0
+        used = self.teacher_outputs.topk
+        if used != self.kd_topk:  # TeacherOutputs caps it at the catalogue: n_items - 1 real items
+            self.logger.warning(
+                f"kd_topk={self.kd_topk} is larger than the catalogue ({self.teacher.n_items - 1} items): "
+                f"using {used}; set kd_topk <= {used}"
+            )
+            self.kd_topk_requested, self.kd_topk = self.kd_topk, used
         self.logger.info(
             f"distillation: teacher {self.teacher_info.get('teacher')} ({self.teacher_info.get('teacher_source')}), "
             f"losses {[(l.name, w) for l, w, _ in self.kd_spec]}, gate {self.kd_gate}, top-K {self.kd_topk}, "
@@ -200,6 +208,7 @@ class DistillTrainer(KDTrainer):
             "kd_loss_params": {l.name: p for l, _, p in self.kd_spec},
             "kd_gate": self.kd_gate,
             "kd_topk": self.kd_topk,
+            "kd_topk_requested": self.kd_topk_requested,
             "kd_cache": self.kd_cache,
             "kd_mask_seen": self.kd_mask_seen,
             "teacher_cache_bytes": self.teacher_outputs.nbytes() if self.teacher_outputs else 0,
