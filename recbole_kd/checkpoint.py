@@ -133,9 +133,10 @@ def atomic_save(obj: Any, path: str) -> None:
 
 
 def _is_write_failure(exc: RuntimeError) -> bool:
-    # torch.save reports some I/O failures as RuntimeError ("... file write failed")
+    # torch.save reports some I/O failures as RuntimeError: "... file write failed", and on a disk that
+    # fills up under its zip writer "[enforce fail at inline_container.cc] . unexpected pos N vs M"
     text = str(exc).lower()
-    return "write" in text and ("fail" in text or "space" in text)
+    return ("write" in text and ("fail" in text or "space" in text)) or "unexpected pos" in text
 
 
 # ---- random-number state (for exact resume) --------------------------------------------------------
