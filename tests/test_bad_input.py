@@ -326,7 +326,19 @@ BAD_INPUT = [
     (["--checkpoint_dir={file}"], 2, "is a file, not a folder"),
     (["--result_file={file}/r.json"], 2, "cannot write result file"),
     (["--result_file={folder}"], 2, "is a folder"),
+    # interaction files that pass the syntax check but that RecBole cannot use (it raised a traceback)
+    (["--data_path={header_only}"], 2, "no interactions (only a header line)"),
+    (["--data_path={no_time}"], 2, "no column 'timestamp' (the time"),
+    (["--data_path={float_item}"], 2, "ids must be item_id:token"),
+    (["--data_path={huge_field}"], 2, "line 3: a value is longer than 131,072 characters"),
 ]
+
+
+def _inter_folder(root, name, text):
+    folder = root / name / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "tiny.inter").write_text(text)
+    return root / name
 
 
 @pytest.mark.parametrize("args,status,message", BAD_INPUT, ids=[f"{i}:{' '.join(r[0])[:40]}" for i, r in enumerate(BAD_INPUT)])
@@ -343,7 +355,15 @@ def test_bad_input_table(args, status, message, tiny, tmp_path, capsys):
     bad_yaml.write_text("epochs: 1\n  oops: [1, 2\n")
     list_yaml = tmp_path / "list.yaml"
     list_yaml.write_text("- epochs: 1\n")
-    names = dict(tmp=tmp_path, csv=csv, byte=byte, folder=folder, file=a_file, bad_yaml=bad_yaml, list_yaml=list_yaml)
+    rows = "".join(f"{u}\t{i}\t{u * 100 + i}\n" for u in range(1, 6) for i in range(1, 8))
+    header_only = _inter_folder(tmp_path, "header_only", "user_id:token\titem_id:token\ttimestamp:float\n")
+    no_time = _inter_folder(tmp_path, "no_time", "user_id:token\titem_id:token\n"
+                            + "".join(f"{u}\t{i}\n" for u in range(1, 6) for i in range(1, 8)))
+    float_item = _inter_folder(tmp_path, "float_item", "user_id:token\titem_id:float\ttimestamp:float\n" + rows)
+    huge_field = _inter_folder(tmp_path, "huge_field", "user_id:token\titem_id:token\ttimestamp:float\n" + "1\t1\t101\n"
+                               + "1\t" + "x" * 200_000 + "\t1\n" + rows)
+    names = dict(huge_field=huge_field, tmp=tmp_path, csv=csv, byte=byte, folder=folder, file=a_file, bad_yaml=bad_yaml, list_yaml=list_yaml,
+                 header_only=header_only, no_time=no_time, float_item=float_item)
     args = [a.format(**names) for a in args]
     message = message.format(**names)
     result = tmp_path / "result.json"

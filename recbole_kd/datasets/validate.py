@@ -137,6 +137,11 @@ def validate_atomic_file(
                                 _bad_value(path, counter[0], i, fields[i], v, "is not a number (in a float_seq)")
                 rows += 1
         except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise DataValidationError(
+                    f"{path} line {counter[0]}: a value is longer than {csv.field_size_limit():,} characters, the "
+                    "limit of Python's csv reader, which RecBole's loader (pandas, python engine) uses; shorten it"
+                ) from None
             raise DataValidationError(f"{path} line {counter[0]}: malformed quoting: {exc}") from None
     return rows
 
@@ -206,4 +211,33 @@ def validate_dataset(config) -> None:
     seq_sep = config["seq_separator"] or " "
     encoding = config["encoding"] or "utf-8"
     for path, source in dataset_files(config):
-        validate_atomic_file(path, sep, seq_sep, encoding, _loaded_columns(config, source))
+        rows = validate_atomic_file(path, sep, seq_sep, encoding, _loaded_columns(config, source))
+        if source == "inter":
+            check_inter_columns(config, path, sep, encoding, rows)
+
+
+def check_inter_columns(config, path: str, field_separator: str, encoding: str, rows: int) -> None:
+    """What RecBole needs of an interaction file beyond its syntax: some rows, the user and item id
+    columns as tokens, and the time column when the split orders by time (``eval_args.order: TO``)."""
+    if rows == 0:
+        raise DataValidationError(f"{path}: no interactions (only a header line); add data rows")
+    with open(path, encoding=encoding, newline="") as f:
+        header = f.readline().rstrip("\r\n")
+    fields = dict(parse_header(path, header, field_separator))
+    order = (config["eval_args"] or {}).get("order")
+    needed = [("USER_ID_FIELD", "the user id"), ("ITEM_ID_FIELD", "the item id")]
+    if order == "TO" and config["TIME_FIELD"]:
+        needed.append(("TIME_FIELD", "the time: the leave-one-out split orders each user's interactions by it"))
+    for setting, what in needed:
+        name = config[setting]
+        if name not in fields:
+            raise DataValidationError(
+                f"{path} line 1: no column {name!r} ({what}); the header has {', '.join(fields)}: add it, or set "
+                f"{setting} to the column that holds it"
+            )
+    for setting, what in needed[:2]:
+        name = config[setting]
+        if fields[name] != "token":
+            raise DataValidationError(
+                f"{path} line 1: column {name!r} ({what}) is declared {name}:{fields[name]}; ids must be {name}:token"
+            )
