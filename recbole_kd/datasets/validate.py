@@ -224,9 +224,13 @@ def check_inter_columns(config, path: str, field_separator: str, encoding: str, 
     with open(path, encoding=encoding, newline="") as f:
         header = f.readline().rstrip("\r\n")
     fields = dict(parse_header(path, header, field_separator))
-    order = (config["eval_args"] or {}).get("order")
-    needed = [("USER_ID_FIELD", "the user id"), ("ITEM_ID_FIELD", "the item id")]
-    if order == "TO" and config["TIME_FIELD"]:
+
+    def get(key):
+        return config[key] if key in config else None
+
+    order = (get("eval_args") or {}).get("order")
+    needed = [(k, what) for k, what in (("USER_ID_FIELD", "the user id"), ("ITEM_ID_FIELD", "the item id")) if get(k)]
+    if order == "TO" and get("TIME_FIELD"):
         needed.append(("TIME_FIELD", "the time: the leave-one-out split orders each user's interactions by it"))
     for setting, what in needed:
         name = config[setting]
@@ -235,7 +239,9 @@ def check_inter_columns(config, path: str, field_separator: str, encoding: str, 
                 f"{path} line 1: no column {name!r} ({what}); the header has {', '.join(fields)}: add it, or set "
                 f"{setting} to the column that holds it"
             )
-    for setting, what in needed[:2]:
+    for setting, what in needed:
+        if setting == "TIME_FIELD":
+            continue
         name = config[setting]
         if fields[name] != "token":
             raise DataValidationError(
