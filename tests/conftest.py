@@ -60,3 +60,18 @@ def run_cli(*args, cwd=None, timeout=600):
 def requires_shared(name):
     path = os.path.join(SHARED_DATASETS, name)
     return pytest.mark.skipif(not os.path.isdir(path), reason=f"shared dataset folder {path} is absent")
+
+
+def cli_in_process(capsys, *args):
+    """Run the CLI in this process: (exit status, last line on stderr)."""
+    from recbole_kd.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, (err[-1] if err else "")
+
+
+def quiet_args(data, ck, epochs):
+    """CLI arguments of a small, silent run on the 'tiny' dataset in ``data`` with checkpoints in ``ck``."""
+    return [f"--data_path={data}", "--dataset=tiny", f"--epochs={epochs}", "--show_progress=False",
+            "--state=WARNING", f"--checkpoint_dir={ck}"]

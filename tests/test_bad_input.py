@@ -5,15 +5,11 @@ import os
 
 import pytest
 
-from conftest import write_tiny_dataset
+from conftest import cli_in_process, quiet_args, write_tiny_dataset
 
 
 def cli(capsys, *args):
-    from recbole_kd.cli import main
-
-    code = main(list(args))
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, (err[-1] if err else "")
+    return cli_in_process(capsys, *args)
 
 
 @pytest.fixture
@@ -23,8 +19,7 @@ def tiny(tmp_path, monkeypatch):
 
 
 def _quiet(data, ck, epochs=1):
-    return [f"--data_path={data}", "--dataset=tiny", f"--epochs={epochs}", "--show_progress=False",
-            "--state=WARNING", f"--checkpoint_dir={ck}"]
+    return quiet_args(data, ck, epochs)
 
 
 # ---- D6: checkpoints that are not checkpoints -------------------------------------------------------

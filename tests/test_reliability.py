@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from conftest import run_cli, write_tiny_dataset
+from conftest import cli_in_process, quiet_args, run_cli, write_tiny_dataset
 
 # kills the process itself (SIGKILL: no cleanup, no atexit) at a chosen point of a run
 KILL_PLUGIN = '''
@@ -113,11 +113,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path):
 
 # ---- in-process CLI runs (exit status and the one error line) ----------------------------------------
 def cli(capsys, *args):
-    from recbole_kd.cli import main
-
-    code = main(list(args))
-    err = capsys.readouterr().err.strip().splitlines()
-    return code, (err[-1] if err else "")
+    return cli_in_process(capsys, *args)
 
 
 @pytest.fixture
@@ -127,8 +123,7 @@ def tiny(tmp_path, monkeypatch):
 
 
 def _quiet(data, ck, epochs=2):
-    return [f"--data_path={data}", "--dataset=tiny", f"--epochs={epochs}", "--show_progress=False",
-            "--state=WARNING", f"--checkpoint_dir={ck}"]
+    return quiet_args(data, ck, epochs)
 
 
 def _last_file(ck):
