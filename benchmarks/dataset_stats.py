@@ -1,9 +1,11 @@
 """Statistics of every supported dataset as our loader sees them (after RecBole's loading and filtering
 with the dataset yamls in recbole_kd/configs/datasets/), for datasets/README.md.
 
-    python benchmarks/dataset_stats.py --data_path ../shared/datasets --converted_path DIR [--datasets a,b]
+    python benchmarks/dataset_stats.py --data_path ../shared/datasets [--converted_path DIR] [--datasets a,b]
 
-DIR holds the converters' output (lastfm-hetrec, mind-small-sub), e.g. made with
+The raw datasets (lastfm-hetrec, mind-small-sub) are converted first, from DATA_PATH/NAME/raw into a
+scratch folder, and each converter's report (counts, ties, drops) goes into the output; or, with
+--converted_path DIR, read from DIR as made by
     python -m recbole_kd.datasets convert lastfm --input ../shared/datasets/lastfm-hetrec/raw --output DIR
     python -m recbole_kd.datasets convert mind --input ../shared/datasets/mind-small-sub/raw --output DIR
 
@@ -42,13 +44,42 @@ DATASETS = [
     ("amazon-sports-5core", "e-commerce", "shared"),
     ("amazon-toys-5core", "e-commerce", "shared"),
     ("ciao", "social (reviews)", "shared"),
-    ("lastfm-hetrec", "social (music)", "converted"),
-    ("mind-small-sub", "news", "converted"),
+    ("lastfm-hetrec", "social (music)", "converted"),  # converter format: lastfm
+    ("mind-small-sub", "news", "converted"),  # converter format: mind
     ("cdr-cloth-sport-cloth", "e-commerce (cross-domain)", "shared"),
     ("cdr-cloth-sport-sport", "e-commerce (cross-domain)", "shared"),
     ("cdr-electronic-phone-electronic", "e-commerce (cross-domain)", "shared"),
     ("cdr-electronic-phone-phone", "e-commerce (cross-domain)", "shared"),
 ]
+
+
+CONVERTER = {"lastfm-hetrec": "lastfm", "mind-small-sub": "mind"}
+
+
+def convert_raw(name: str, data_path: str, scratch: str) -> tuple[str, list[str]]:
+    """Convert DATA_PATH/NAME/raw with the project's converter into scratch; (data_path, report lines)."""
+    from recbole_kd.datasets import common
+    from recbole_kd.datasets.__main__ import _converter
+
+    out = os.path.join(scratch, "converted")
+    os.makedirs(out, exist_ok=True)
+    with common.AtomicDatasetDir(out, name) as tmp:
+        report = _converter(CONVERTER[name]).convert(os.path.join(data_path, name, "raw"), tmp, name)
+    lines = report.lines(name, os.path.join("<scratch>", name))[1:]  # the scratch path is not a result
+    return out, [line.strip() for line in lines]
+
+
+def time_ties(dataset) -> float:
+    """Share of interactions whose time value another interaction of the same user shares, as RecBole sorts
+    them: a float time field becomes a float32 tensor before the sort (integers above 2**24, e.g. seconds
+    since 1970, round to steps of 64-128 s there). Among tied rows the file order decides which is held out."""
+    import numpy as np
+
+    users = dataset.inter_feat[dataset.uid_field].to_numpy().astype(np.int64)
+    times = dataset.inter_feat[dataset.time_field].to_numpy().astype(np.float32)
+    _, inverse, counts = np.unique(np.stack([users.astype(np.float64), times.astype(np.float64)]), axis=1,
+                                   return_inverse=True, return_counts=True)
+    return float((counts[inverse.ravel()] > 1).mean()) if len(users) else 0.0
 
 
 def count_rows(path: str) -> int:
@@ -116,6 +147,7 @@ def stats_for(name: str, data_path: str, scratch: str) -> dict:
         "mean_sequence_length": inters / users,
         "file_rows": count_rows(inter_path),
         "time_field": config["TIME_FIELD"],
+        "time_ties": time_ties(dataset),
         "load_seconds": round(seconds, 1),
         "checks": {},
     }
@@ -212,19 +244,22 @@ def to_markdown(result: dict) -> str:
         f"Date: {result['date']}",
         "",
         "After RecBole's loading and filtering with our dataset yamls (model SASRec-S); "
-        "`file rows` = data lines of the `.inter` file. Mean sequence length = interactions / users.",
+        "`file rows` = data lines of the `.inter` file. Mean sequence length = interactions / users. "
+        "`time ties` = share of interactions that share their time value with another of the same user, "
+        "as RecBole sorts them (a float time field is a float32 tensor then: seconds since 1970 round to "
+        "64-128 s steps); among tied rows the file order decides which one is held out.",
         "",
-        "| dataset | domain | users | items | interactions | density | mean seq. length | file rows | time field | load s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| dataset | domain | users | items | interactions | density | mean seq. length | file rows | time field | time ties | load s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in result["datasets"]:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['domain']} | error: {r['error']} |||||||")
+            lines.append(f"| {r['dataset']} | {r['domain']} | error: {r['error']} ||||||||")
             continue
         lines.append(
             f"| {r['dataset']} | {r['domain']} | {r['users']:,} | {r['items']:,} | {r['interactions']:,} | "
             f"{r['density']:.4%} | {r['mean_sequence_length']:.2f} | {r['file_rows']:,} | {r['time_field']} | "
-            f"{r['load_seconds']} |"
+            f"{_ties(r)} | {r['load_seconds']} |"
         )
     lines += [
         "",
@@ -256,6 +291,12 @@ def to_markdown(result: dict) -> str:
         if rep:
             protocol = "filter_seen" if r.get("filter_seen", True) else "RecBole's (filter_seen: False)"
             lines.append(f"| {r['dataset']} | {rep['valid']:.2%} | {rep['test']:.2%} | {protocol} |")
+    converted = [r for r in result["datasets"] if r.get("conversion")]
+    if converted:
+        lines += ["", "Conversions (each raw dataset converted by this command with the project's converter; its report):", ""]
+        for r in converted:
+            lines += [f"- {r['dataset']} (`python -m recbole_kd.datasets convert {CONVERTER[r['dataset']]}`):"]
+            lines += [f"  - {line}" for line in r["conversion"]]
     checks = [(r["dataset"], k, v) for r in result["datasets"] for k, v in r.get("checks", {}).items()]
     if checks:
         lines += ["", "Checks:", ""]
@@ -263,10 +304,15 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ties(row: dict) -> str:
+    return "-" if row.get("time_ties") is None else f"{row['time_ties']:.1%}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_path", required=True, help="the shared benchmark folder (../shared/datasets)")
-    parser.add_argument("--converted_path", help="the converters' output folder (lastfm-hetrec, mind-small-sub)")
+    parser.add_argument("--converted_path", help="read lastfm-hetrec and mind-small-sub from this converters' output "
+                        "folder instead of converting DATA_PATH/NAME/raw first")
     parser.add_argument("--datasets", help="comma-separated subset (default: all)")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for dataset_stats.{json,md}")
     args = parser.parse_args(argv)
@@ -280,17 +326,19 @@ def main(argv=None) -> int:
             if wanted is not None and name not in wanted:
                 continue
             path = {"shared": args.data_path, "converted": args.converted_path, "embedded": None}[where]
-            if not path and where != "embedded":
-                rows.append({"dataset": name, "domain": domain, "error": "no --converted_path given"})
-                continue
+            conversion = None
             print(f"{name} ...", flush=True)
             try:
+                if where == "converted" and not path:
+                    path, conversion = convert_raw(name, args.data_path, scratch)
                 row = stats_for(name, path, scratch)
             except Exception as exc:  # report and go on: one missing dataset should not hide the others
                 rows.append({"dataset": name, "domain": domain, "error": f"{type(exc).__name__}: {exc}"})
                 print(f"  error: {exc}", flush=True)
                 continue
             row["domain"] = domain
+            if conversion is not None:
+                row["conversion"] = conversion
             rows.append(row)
             print(f"  {row['users']:,} users, {row['items']:,} items, {row['interactions']:,} interactions "
                   f"({row['load_seconds']}s) {json.dumps(row['checks']) if row['checks'] else ''}", flush=True)

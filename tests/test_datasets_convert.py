@@ -39,7 +39,7 @@ def mind_raw(root):
     return str(root / "mind-tiny" / "raw")
 
 
-def lastfm_raw(root, tag_times=False):
+def lastfm_raw(root, tag_times=False, tag_dates=False):
     folder = root / "lastfm-tiny"
     write(folder / "user_artists.dat", "userID\tartistID\tweight\n2\t51\t100\n2\t52\t90\n2\t53\t80\n2\t51\t7\n3\t51\t5\n")
     write(folder / "user_friends.dat", "userID\tfriendID\n2\t3\n3\t2\n2\t2\n2\t3\n")
@@ -49,7 +49,24 @@ def lastfm_raw(root, tag_times=False):
             folder / "user_taggedartists-timestamps.dat",
             "userID\tartistID\ttagID\ttimestamp\n2\t52\t1\t1238536800000\n2\t52\t2\t1238536700000\n2\t99\t3\t1000000000000\n",
         )
+    if tag_dates:
+        # user 2: 52 and 53 first tagged on 1 Apr 2009 (a tie; 53 also later), 51 never; user 3: 51 on
+        # 5 Jun 2010; 99 is tagged but not listened (and has no artists.dat row); tag 7 is not in tags.dat.
+        # CRLF line ends, as in the distributed file.
+        write(folder / "user_taggedartists.dat", (
+            "userID\tartistID\ttagID\tday\tmonth\tyear\r\n"
+            "2\t52\t1\t1\t4\t2009\r\n2\t52\t2\t1\t5\t2009\r\n2\t53\t1\t1\t6\t2009\r\n2\t53\t2\t1\t4\t2009\r\n"
+            "2\t99\t3\t1\t1\t2008\r\n3\t51\t2\t5\t6\t2010\r\n3\t52\t7\t1\t1\t2011\r\n4\t51\t1\t1\t1\t2011\r\n"
+        ), mode="w")
+        # Latin-1, as the distributed tags.dat: one line is not UTF-8
+        write(folder / "tags.dat", "tagID\ttagValue\n1\trock\n2\tseen live\n3\ttrop\xe1lia\n".encode("latin-1"), mode="wb")
     return str(folder)
+
+
+def tie_key(user, artist):
+    """The converter's documented tie-break, recomputed here: blake2b-64 of 'user<TAB>artist'."""
+    import hashlib
+    return hashlib.blake2b(f"{user}\t{artist}".encode(), digest_size=8).digest()
 
 
 def seq_raw(root):
@@ -162,11 +179,16 @@ def test_lastfm_output_without_tag_times(tmp_path, capsys):
     out = capsys.readouterr().out
     folder = tmp_path / "out" / "fm"
     inter = read_atomic(folder / "fm.inter")
-    assert list(inter.columns) == ["user_id:token", "item_id:token", "weight:float", "timestamp:float"]
-    # file order per user (the repeated (2, 51) row dropped)
-    assert [tuple(r) for r in inter.itertuples(index=False)] == [
-        ("2", "51", "100", "0"), ("2", "52", "90", "1"), ("2", "53", "80", "2"), ("3", "51", "5", "0"),
+    assert list(inter.columns) == ["user_id:token", "item_id:token", "weight:float", "timestamp:float", "seq_pos:float"]
+    assert (inter["timestamp:float"] == inter["seq_pos:float"]).all()
+    # rows in file order (the repeated (2, 51) row dropped); timestamp: position in the hash order,
+    # not the artist-id order of the file (which held out each user's highest-id artist)
+    assert [tuple(r[:3]) for r in inter.itertuples(index=False)] == [
+        ("2", "51", "100"), ("2", "52", "90"), ("2", "53", "80"), ("3", "51", "5"),
     ]
+    order = sorted(["51", "52", "53"], key=lambda a: tie_key("2", a))
+    ts = {(u, i): t for u, i, _, t, _ in inter.itertuples(index=False)}
+    assert [ts[("2", a)] for a in order] == ["0", "1", "2"] and ts[("3", "51")] == "0"
     net = read_atomic(folder / "fm.net")
     assert list(net.columns) == ["source_id:token", "target_id:token"]
     assert [tuple(r) for r in net.itertuples(index=False)] == [("2", "3"), ("3", "2")]
@@ -185,17 +207,86 @@ def test_lastfm_output_without_tag_times(tmp_path, capsys):
 def test_lastfm_uses_tag_times_when_present(tmp_path, capsys):
     assert convert("lastfm", lastfm_raw(tmp_path, tag_times=True), tmp_path / "out", "--name", "fm") == 0
     inter = read_atomic(tmp_path / "out" / "fm" / "fm.inter")
-    ts = {(u, i): t for u, i, _, t in inter.itertuples(index=False)}
+    ts = {(u, i): t for u, i, _, t, _ in inter.itertuples(index=False)}
     first_tag = 1238536700  # the earlier of user 2's two tags on artist 52 (ms -> s)
     assert ts[("2", "52")] == str(first_tag)
-    # untagged artists of a user with tags: just before the first tag, in file order
-    assert ts[("2", "51")] == str(first_tag - 2) and ts[("2", "53")] == str(first_tag - 1)
+    # untagged artists of a user with tags: just before the first tag, one second apart, in hash order
+    untagged = sorted(["51", "53"], key=lambda a: tie_key("2", a))
+    assert [ts[("2", a)] for a in untagged] == [str(first_tag - 2), str(first_tag - 1)]
     assert ts[("3", "51")] == "0"  # a user with no tags: positions
     assert ("2", "99") not in ts  # tagged but not listened: no interaction
 
 
-def test_lastfm_deterministic(tmp_path, capsys):
-    raw = lastfm_raw(tmp_path, tag_times=True)
+def test_lastfm_tag_dates_order_ties_and_text(tmp_path, capsys):
+    raw = lastfm_raw(tmp_path, tag_dates=True)
+    assert convert("lastfm", raw, tmp_path / "out", "--name", "fm") == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "out" / "fm"
+    inter = read_atomic(folder / "fm.inter")
+    ts = {(u, i): float(t) for u, i, _, t, _ in inter.itertuples(index=False)}
+    pos = {(u, i): int(p) for u, i, _, _, p in inter.itertuples(index=False)}
+    assert inter["weight:float"].tolist() == ["100", "90", "80", "5"]  # listen counts kept
+    april = calendar.timegm((2009, 4, 1, 0, 0, 0))
+    # 52 and 53 were both first tagged on 1 Apr 2009 (53's later tag does not count): a tie, broken by
+    # the hash; the first at midnight, the second one second later
+    tied = sorted(["52", "53"], key=lambda a: tie_key("2", a))
+    assert (ts[("2", tied[0])], ts[("2", tied[1])]) == (april, april + 1)
+    assert ts[("2", "51")] == april - 1  # untagged: before the user's first tag
+    assert ts[("3", "51")] == calendar.timegm((2010, 6, 5, 0, 0, 0))  # day 5, month 6
+    assert ("2", "99") not in ts and ("4", "51") not in ts  # tagged, not listened: no interaction
+    for user in ("2", "3"):  # tie-free within each user, and seq_pos (RecBole's time field) is its order
+        times = sorted((t, i) for (u, i), t in ts.items() if u == user)
+        assert len({t for t, _ in times}) == len(times)
+        assert [pos[(user, i)] for _, i in times] == list(range(len(times)))
+    assert "tag assignments in user_taggedartists.dat: 8" in out
+    assert "tagged (user, artist) pairs: 6" in out
+    assert "interactions timed by the user's first tag: 3" in out
+    assert "sharing their tag time with another of the user's (ties, hash order): 2" in out
+    assert "users whose two latest tagged artists tie (their order is the hash's): 1" in out
+    assert "tagged pairs the user is not listed as listening to (not interactions): 3" in out
+    item = read_atomic(folder / "fm.item")
+    assert list(item.columns) == ["item_id:token", "name:token_seq", "tags:token_seq"]
+    words = dict(zip(item["item_id:token"], item["tags:token_seq"]))
+    # 51 and 52: tags 1 and 2 once each (a tie in use, broken by tag id); 52 also has tag 7, unknown
+    assert words == {"51": "rock seen live", "52": "rock seen live"}
+    assert "1 tag ids in the tag assignments have no row in tags.dat" in out
+    assert "1 lines of tags.dat are not UTF-8 and were read as Latin-1 (first: line 4)" in out
+    assert "artists with tag words (top 5 tags): 2" in out
+    for name in ("fm.inter", "fm.item"):
+        validate_atomic_file(str(folder / name))
+
+
+def test_lastfm_tag_text_keeps_the_top_tags(tmp_path, capsys):
+    raw = lastfm_raw(tmp_path, tag_dates=True)
+    rows = "".join(f"2\t52\t{t}\t1\t4\t2009\r\n" * n for t, n in [(10, 1), (11, 3), (12, 1), (13, 4), (14, 5), (15, 6)])
+    write(os.path.join(raw, "user_taggedartists.dat"), rows, mode="a")
+    write(os.path.join(raw, "tags.dat"), "".join(f"{t}\tw{t}\n" for t in range(10, 16)), mode="a")
+    assert convert("lastfm", raw, tmp_path / "out", "--name", "fm") == 0
+    item = read_atomic(tmp_path / "out" / "fm" / "fm.item")
+    words = dict(zip(item["item_id:token"], item["tags:token_seq"]))
+    assert words["52"] == "w15 w14 w13 w11 rock"  # the 4 most used (6, 5, 4, 3 uses), then of the tags used once (1, 2, 10, 12) the lowest id
+
+
+def test_lastfm_bad_tag_date(tmp_path, capsys):
+    raw = lastfm_raw(tmp_path, tag_dates=True)
+    write(os.path.join(raw, "user_taggedartists.dat"), "3\t53\t1\t31\t2\t2009\r\n", mode="a")
+    assert convert("lastfm", raw, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "user_taggedartists.dat line 10" in err[0] and "not a calendar date" in err[0]
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_lastfm_prefers_millisecond_times(tmp_path, capsys):
+    raw = lastfm_raw(tmp_path, tag_times=True, tag_dates=True)
+    assert convert("lastfm", raw, tmp_path / "out", "--name", "fm") == 0
+    assert "tag assignments in user_taggedartists-timestamps.dat: 3" in capsys.readouterr().out
+    inter = read_atomic(tmp_path / "out" / "fm" / "fm.inter")
+    assert dict(((u, i), t) for u, i, _, t, _ in inter.itertuples(index=False))[("2", "52")] == "1238536700"
+
+
+@pytest.mark.parametrize("tags", ["times", "dates"])
+def test_lastfm_deterministic(tmp_path, capsys, tags):
+    raw = lastfm_raw(tmp_path, tag_times=tags == "times", tag_dates=tags == "dates")
     assert convert("lastfm", raw, tmp_path / "a", "--name", "fm") == 0
     assert convert("lastfm", raw, tmp_path / "b", "--name", "fm") == 0
     assert files_bytes(tmp_path / "a" / "fm") == files_bytes(tmp_path / "b" / "fm")

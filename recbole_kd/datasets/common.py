@@ -39,10 +39,12 @@ def short(value: str, limit: int = 40) -> str:
     return repr(value)
 
 
-def read_lines(path: str, encoding: str = "utf-8"):
+def read_lines(path: str, encoding: str = "utf-8", fallback: str | None = None, decoded_with_fallback=None):
     """Yield ``(line_number, text)`` for each line of ``path`` without its line ending (1-based).
 
     Decodes line by line so that an encoding error names its line. Streams: memory is one line.
+    With ``fallback`` (e.g. ``"latin-1"`` for a file of mixed encodings), a line that is not valid
+    ``encoding`` is decoded with it instead, and its number is appended to ``decoded_with_fallback``.
     """
     if not os.path.exists(path):
         raise ConversionError(f"{path}: file not found")
@@ -53,6 +55,12 @@ def read_lines(path: str, encoding: str = "utf-8"):
             try:
                 text = raw.decode(encoding)
             except UnicodeDecodeError as exc:
+                if fallback is not None:
+                    text = raw.decode(fallback)
+                    if decoded_with_fallback is not None:
+                        decoded_with_fallback.append(lineno)
+                    yield lineno, text.rstrip("\r\n")
+                    continue
                 raise ConversionError(
                     f"{where(path, lineno)}: not valid {encoding} text (byte {raw[exc.start]:#04x} at offset {exc.start})"
                 ) from None
