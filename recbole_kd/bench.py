@@ -4,8 +4,9 @@ Every cell is one ``python -m recbole_kd --model=... --dataset=...`` run (the pa
 split, same evaluator), in its own work folder with ``--resume=auto``. A finished cell is stored
 as ``cells/<id>.json`` (atomically) the moment it ends, so re-running the suite skips finished
 cells, re-runs failed ones, and an interrupted cell continues from its last epoch checkpoint.
-Cells run elsewhere (e.g. on a lent accelerator) merge by copying their ``cells/*.json`` in and
-running ``--render-only`` (``benchmarks/accelerator/`` does both for a lent GPU machine). ``--only
+Cells run elsewhere (e.g. on a GPU machine) merge by copying their ``cells/*.json`` in and
+running ``--render-only`` (``benchmarks/accelerator/`` does both for a machine without internet, see
+docs/benchmarks.md). ``--only
 PATTERN`` (repeatable) runs a subset of the cells (shell pattern on label, model, dataset or cell id); the
 report still lists every row, unrun ones as such. ``--data_path DIR`` reads every dataset from ``DIR``
 instead of the suite's ``data_path`` (e.g. a copy of the data on another machine); the cells' settings

@@ -20,7 +20,7 @@ Any RecBole or recbole-kd setting can be given as --key=value (highest priority)
 --resume continues the run with the same settings in --checkpoint_dir from its last finished
 epoch (after a crash or kill); --strict refuses unknown settings instead of warning.
 --nproc=N (and --world_size, --ip, --port, --offset for several machines) trains with
-torch.distributed: gloo on CPU, nccl on GPU (see README "Scaling out").
+torch.distributed: gloo on CPU, nccl on GPU (see docs/scaling-out.md).
 Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training failed (NaN loss),
 130 interrupted (Ctrl-C; continue with --resume).
 The embedded default dataset is ml-100k (shipped inside the recbole wheel).
