@@ -814,7 +814,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                     continue
                 legacy = legacy or not row.get(main)
 
-                def ratio(key):
+                def ratio(key, row=row, po=po):  # called within this iteration only
                     here = row.get(key)
                     text = f"{here:.3f}" if here else "n/a" if key in row.get("vs_noise", ()) else "-"
                     worst = row.get(key + "_worst")

@@ -143,7 +143,7 @@ def _fill_nan(self):
             else:
                 dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
                 feat[field] = feat[field].apply(
-                    lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x
+                    lambda x, dtype=dtype: np.array([], dtype=dtype) if isinstance(x, float) else x
                 )
 
 

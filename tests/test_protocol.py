@@ -117,7 +117,7 @@ def test_metrics_under_both_protocols_equal_a_reference_from_the_raw_scores(mode
     for phase, loader in (("valid", valid), ("test", test)):
         recorded = {}
 
-        def pattern(seen, target, user):
+        def pattern(seen, target, user, recorded=recorded):
             s = torch.randn(N_ITEMS + 1, generator=gen)
             s[target] += 2.0
             s[seen] += 2.5  # seen items tend to sit above the target
