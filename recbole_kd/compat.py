@@ -371,8 +371,10 @@ def _pickle_ignored(path: str, what: str) -> None:
     if path and os.path.exists(path):
         from logging import getLogger
 
-        getLogger().warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
-                            "it is built from the atomic files")
+        from recbole_kd.report import user_warning
+
+        user_warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
+                     "it is built from the atomic files", getLogger())
 
 
 def create_dataset(config):
