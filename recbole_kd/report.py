@@ -183,7 +183,7 @@ class Phase:
     def describe(self) -> str:
         if self.epochs is None:
             return self.label
-        return f"{self.label} (up to {self.epochs} epochs)"
+        return f"{self.label} (up to {_epochs(self.epochs)})"
 
 
 class RunProgress:
