@@ -17,9 +17,9 @@ import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402  (its pickle loading is disabled by compat)
 from recbole.utils import dict2str, init_logger, init_seed, set_color  # noqa: E402
 
+from recbole_kd import report  # noqa: E402
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.compat import create_dataset  # noqa: E402  (never unpickles a saved dataset)
-from recbole_kd import report  # noqa: E402
 from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
 
@@ -150,13 +150,14 @@ def run(
     saved: bool = True,
     result_file: str | None = None,
     verbose: bool = False,
-    overrides_source: str = "command line",
+    overrides_source: str | dict = "command line",
 ) -> dict:
     """Train ``model`` on ``dataset``, evaluate best-on-valid on test, return a summary dict.
 
     The console (stderr) gets a short settings block, the phases with an estimate and RecBole's epoch
     lines; the full settings dump and the model's layers go to the log file, and to the console too
-    with ``verbose``. ``overrides_source`` names the ``overrides`` in the settings block.
+    with ``verbose``. ``overrides_source`` names the ``overrides`` in the settings block (one name, or
+    ``{key: name}``: a teacher's run names its ``teacher_config`` keys and those shared with the student).
 
     With ``nproc`` > 1 or ``world_size`` > 0 (RecBole's distributed settings) the run is spread
     over processes (:mod:`recbole_kd.distributed`); the summary comes from rank 0."""

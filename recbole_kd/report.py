@@ -147,7 +147,10 @@ def _wrap(label: str, items: list[str], width: int = 100) -> list[str]:
 def settings_block(config, title: str, logfile: str | None = None) -> str:
     """The short settings block: what differs from the defaults, by source, and the device."""
     where = f"; all settings: --verbose, and the log file {logfile}" if logfile else "; all settings: --verbose"
-    lines = [f"{title}: settings that differ from the defaults{where}"]
+    origin = getattr(config, "setting_origin", None)
+    shared = sorted({s for s in (origin.sources.values() if origin else ()) if s.startswith("shared with")})
+    besides = "".join(f", besides those {s}" for s in shared)  # a nested run: the outer block shows them
+    lines = [f"{title}: settings that differ from the defaults{besides}{where}"]
     groups = changed_settings(config)
     for source in sorted(groups, key=lambda s: (_source_rank(s), s)):
         lines += _wrap(source, [f"{k}={_short(v)}" for k, v in groups[source]])
@@ -325,8 +328,8 @@ def _tables(result) -> list[tuple[str, dict, dict]]:
     selected = result.get("protocol")
     names = [p for p in (selected, *sorted(set(valid) | set(test))) if p and (p in valid or p in test)]
     names = list(dict.fromkeys(names))
-    if not names:
-        return [(selected or "result", result.get("best_valid_result") or {}, result.get("test_result") or {})]
+    if not names:  # no full-sort evaluation (e.g. sampled candidates): RecBole's result alone
+        return [("result", result.get("best_valid_result") or {}, result.get("test_result") or {})]
     return [(name + ("*" if name == selected else ""), valid.get(name) or {}, test.get(name) or {}) for name in names]
 
 
@@ -372,7 +375,7 @@ def summary_text(result: dict, result_file: str | None, warnings=(), places: int
         cells = "".join(f"{_number(v.get(m), places):<{col}}{_number(t.get(m), places):<{col + 2}}" for _, v, t in tables)
         lines.append(f"{m:<{width}}" + cells.rstrip())
     protocol = result.get("protocol")
-    if protocol:
+    if protocol and any(name.endswith("*") for name, _, _ in tables):
         lines.append(f"* {protocol}: the protocol that selects the best epoch and gives best_valid_result / "
                      "test_result (README: Evaluation protocol)")
     lines.append("")

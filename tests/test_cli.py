@@ -274,3 +274,18 @@ def test_distilled_run_shows_its_phases_and_times_them_apart(tiny_data, tmp_path
     time_line = next(line for line in proc.stdout.splitlines() if line.startswith("time"))
     assert "teacher training" in time_line and "teacher-output cache" in time_line and "student training" in time_line
     assert any(line.startswith("teacher ") and "SASRec-L (trained)" in line for line in proc.stdout.splitlines())
+
+
+def test_summary_without_a_full_sort_evaluation_has_one_column_pair():
+    from recbole_kd.report import summary_text
+
+    result = {"model": "BPR", "dataset": "tiny", "num_params": 1234, "seed": 1, "protocol": "filter_seen",
+              "best_valid_result": {"auc": 0.75}, "test_result": {"auc": 0.7},
+              "best_valid_result_by_protocol": None, "test_result_by_protocol": None, "train_seconds": 65.0,
+              "epochs_run": 2, "train_seconds_per_epoch": 30.0, "eval_seconds": 0.5, "checkpoint": None}
+    text = summary_text(result, None, ["unknown setting 'x'"])
+    lines = text.splitlines()
+    assert lines[0] == "BPR on tiny: 1,234 parameters, seed 1"
+    assert lines[2].split() == ["result"] and lines[4].split() == ["auc", "0.7500", "0.7000"]
+    assert "*" not in text and "training 1m 05s (2 epochs, 30.0s per epoch)" in text
+    assert lines[-2].startswith("result file   none") and lines[-1] == "warning       unknown setting 'x'"
