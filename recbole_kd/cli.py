@@ -1,21 +1,30 @@
 """``python -m recbole_kd`` / ``recbole-kd``.
 
-    python -m recbole_kd --model=KD-SASRec --dataset=ml-100k [--config_files=a.yaml,b.yaml] [--key=value ...]
+    python -m recbole_kd --model=KD-SASRec [--dataset=ml-100k] [--config_files=a.yaml,b.yaml] [--key=value ...]
     python -m recbole_kd --list
+
+Results go to stdout (a table, or ``--json``), the log to stderr (``--verbose``: every setting).
 """
 from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m recbole_kd --model=MODEL --dataset=DATASET [--config_files=a.yaml,b.yaml]
+DEFAULT_DATASET = "ml-100k"  # embedded: ships inside the recbole wheel
+
+USAGE = """usage: python -m recbole_kd --model=MODEL [--dataset=DATASET] [--config_files=a.yaml,b.yaml]
                           [--data_path=DIR] [--result_file=PATH.json] [--plugins=my_model.py]
-                          [--checkpoint_dir=DIR] [--resume] [--strict] [--key=value ...]
+                          [--checkpoint_dir=DIR] [--resume] [--strict] [--json] [--verbose] [--key=value ...]
        python -m recbole_kd --list
        python -m recbole_kd bench SUITE.yaml [--dry-run]           (benchmark suites)
        python -m recbole_kd tune --model=M --dataset=D --space=F   (Ray Tune search; extra [tune])
 
-Trains MODEL on DATASET (leave-one-out by time, full ranking), evaluates the best-on-valid
-checkpoint on test and prints RecBole's `best valid` and `test result` lines.
+Trains MODEL on DATASET (leave-one-out by time, full ranking) and evaluates the best-on-valid
+checkpoint on test. DATASET defaults to ml-100k, embedded in the recbole wheel (nothing is downloaded).
+stdout: the results (a metric x valid/test table under each evaluation protocol, timings, the result
+file, warnings about your input); with --json the same summary as one JSON object instead.
+stderr: the log as RecBole writes it (a short block of the settings that differ from the defaults,
+the run's phases with an estimate, epochs, progress bars); --verbose adds every setting and the
+model's layers (the log file under ./log/ always has them).
 Any RecBole or recbole-kd setting can be given as --key=value (highest priority).
 --resume continues the run with the same settings in --checkpoint_dir from its last finished
 epoch (after a crash or kill); --strict refuses unknown settings instead of warning.
@@ -23,7 +32,6 @@ epoch (after a crash or kill); --strict refuses unknown settings instead of warn
 torch.distributed: gloo on CPU, nccl on GPU (see docs/scaling-out.md).
 Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training failed (NaN loss),
 130 interrupted (Ctrl-C; continue with --resume).
-The embedded default dataset is ml-100k (shipped inside the recbole wheel).
 """
 
 # keys the CLI consumes itself (not passed to RecBole's Config)
@@ -44,6 +52,10 @@ def parse_args(argv: list[str]) -> tuple[dict, dict, set]:
             flags.add("list")
         elif arg in ("--resume", "--strict"):
             overrides[arg[2:]] = True
+        elif arg in ("--json", "--verbose", "-v"):
+            flags.add("verbose" if arg == "-v" else arg[2:])
+        elif arg.split("=", 1)[0] in ("--json", "--verbose"):
+            raise UsageError(f"{arg.split('=', 1)[0]} takes no value (got {arg!r})")
         elif arg.startswith("--") and "=" in arg:
             key, value = arg[2:].split("=", 1)
             if not key:
@@ -101,22 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     if "list" in flags:
         print(list_models())
         return 0
-    if "model" not in options or "dataset" not in options:
-        missing = [k for k in ("model", "dataset") if k not in options]
-        print(f"recbole-kd: error: missing --{' and --'.join(missing)} (see --help)", file=sys.stderr)
+    if "model" not in options:
+        print("recbole-kd: error: missing --model (see --help; --list shows the models)", file=sys.stderr)
         return 2
 
+    from recbole_kd import report
     from recbole_kd.errors import USER_ERRORS, TrainingError
     from recbole_kd.quick_start import run
 
     config_files = [f for f in options.get("config_files", "").split(",") if f]
+    result_file = options.get("result_file")
     try:
-        run(
+        result = run(
             options["model"],
-            options["dataset"],
+            options.get("dataset", DEFAULT_DATASET),
             config_files=config_files,
             overrides=overrides,
-            result_file=options.get("result_file"),
+            result_file=result_file,
+            verbose="verbose" in flags,
         )
     except USER_ERRORS as exc:
         print(f"recbole-kd: error: {exc}", file=sys.stderr)
@@ -128,4 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         # the last finished epoch is in --checkpoint_dir (-last.pth, written at the start of every epoch)
         print("recbole-kd: interrupted; resume with the same command plus --resume", file=sys.stderr)
         return 130  # 128 + SIGINT, what a shell reports for a tool stopped by Ctrl-C
+    if result is None:  # a distributed run on a machine without rank 0: that machine reports
+        return 0
+    sys.stderr.flush()  # the log first, then the results
+    if "json" in flags:
+        print(report.summary_json(result, result_file, report.user_warnings()))
+    else:
+        print(report.summary_text(result, result_file, report.user_warnings()))
     return 0

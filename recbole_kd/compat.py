@@ -1,7 +1,7 @@
 """The one place where RecBole 1.2.1 is made to work on today's stack, and safe.
 
 Each shim below is idempotent, applied by :func:`apply` (called when
-``recbole_kd`` is imported), and has a test that fails without it: (a)-(e) in
+``recbole_kd`` is imported), and has a test that fails without it: (a)-(e), (i) and (j) in
 ``tests/test_compat.py``, the safety shims (f)-(h) in ``tests/test_hardening.py``.
 
 ==========================  ======================================================
@@ -80,6 +80,21 @@ trap                        how it is handled
                             file, config_dict, command line) is honoured: ml-100k
                             is read from ``DIR/ml-100k/``; without one the
                             embedded copy stays the default.
+(i) torch.cuda.amp           shim: RecBole's trainers build ``torch.cuda.amp.
+                            GradScaler(enabled=...)`` every epoch (and NCL's
+                            ``amp.autocast``), deprecated since torch 2.4 with a
+                            FutureWarning on every run. Its trainer module sees
+                            ``torch.amp.GradScaler("cuda", ...)`` / ``torch.amp.
+                            autocast("cuda", ...)``, the same objects torch's
+                            deprecated names build; nothing else changes.
+(j) read-only columns       shim: under pandas' copy-on-write a column's
+                            ``.values`` is a read-only view, and RecBole's
+                            ``Dataset._dataframe_to_interaction`` hands it to
+                            ``torch.LongTensor`` (torch: "The given NumPy array
+                            is not writable", and the tensor would share pandas'
+                            protected buffer). It now gets a writable copy of each
+                            read-only column (one column at a time; the frame is
+                            dropped afterwards, so memory ends where it did).
 ==========================  ======================================================
 """
 from __future__ import annotations
@@ -356,8 +371,10 @@ def _pickle_ignored(path: str, what: str) -> None:
     if path and os.path.exists(path):
         from logging import getLogger
 
-        getLogger().warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
-                            "it is built from the atomic files")
+        from recbole_kd.report import user_warning
+
+        user_warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
+                     "it is built from the atomic files", getLogger())
 
 
 def create_dataset(config):
@@ -467,6 +484,85 @@ def patch_ml100k_data_path() -> None:
         Config._set_default_parameters = _set_default_parameters
 
 
+
+# (i) torch.cuda.amp's deprecated names in RecBole's trainers ------------------------------------------
+class _CudaAmp(types.ModuleType):
+    """``torch.cuda.amp`` as ``recbole.trainer.trainer`` sees it: ``GradScaler`` and ``autocast`` are
+    torch's non-deprecated ``torch.amp`` versions for the "cuda" device (what the deprecated names
+    construct); every other name is ``torch.cuda.amp``'s."""
+
+    def __init__(self, amp_module):
+        super().__init__(amp_module.__name__)
+        self.__dict__["_amp"] = amp_module
+
+    def __getattr__(self, name):
+        return getattr(self._amp, name)
+
+    @staticmethod
+    def GradScaler(*args, **kwargs):  # noqa: N802  (torch's name)
+        import torch
+
+        return torch.amp.GradScaler("cuda", *args, **kwargs)
+
+    @staticmethod
+    def autocast(*args, **kwargs):
+        import torch
+
+        return torch.amp.autocast("cuda", *args, **kwargs)
+
+
+def patch_cuda_amp() -> None:
+    import torch
+
+    module = importlib.import_module("recbole.trainer.trainer")
+    if isinstance(module.amp, _CudaAmp) or not hasattr(torch.amp, "GradScaler"):
+        return  # torch < 2.3: torch.amp has no GradScaler, and torch.cuda.amp's is not deprecated there
+    module.amp = _CudaAmp(module.amp)
+
+
+# (j) read-only pandas columns handed to torch ---------------------------------------------------------
+class _WritableColumn:
+    def __init__(self, series):
+        self._series = series
+
+    @property
+    def values(self):
+        values = self._series.values
+        if isinstance(values, np.ndarray) and not values.flags.writeable:
+            return values.copy()
+        return values
+
+
+class _WritableColumns:
+    """A DataFrame as ``Dataset._dataframe_to_interaction`` reads it (its column names, then
+    ``data[name].values``), each read-only column's values copied into a writable array."""
+
+    def __init__(self, frame):
+        self._frame = frame
+
+    def __iter__(self):
+        return iter(self._frame)
+
+    def __getitem__(self, name):
+        return _WritableColumn(self._frame[name])
+
+
+_ORIGINAL_DF_TO_INTERACTION = None
+
+
+def _dataframe_to_interaction(self, data):
+    return _ORIGINAL_DF_TO_INTERACTION(self, _WritableColumns(data))
+
+
+def patch_writable_columns() -> None:
+    global _ORIGINAL_DF_TO_INTERACTION
+    from recbole.data.dataset.dataset import Dataset
+
+    if _ORIGINAL_DF_TO_INTERACTION is None:
+        _ORIGINAL_DF_TO_INTERACTION = Dataset._dataframe_to_interaction
+        Dataset._dataframe_to_interaction = _dataframe_to_interaction
+
+
 def apply() -> None:
     """Apply every shim once (idempotent)."""
     global _APPLIED
@@ -482,4 +578,6 @@ def apply() -> None:
     patch_no_pickled_data()
     patch_literal_settings()
     patch_ml100k_data_path()
+    patch_cuda_amp()
+    patch_writable_columns()
     _APPLIED = True

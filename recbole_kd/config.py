@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 
 from recbole_kd import compat
 
@@ -108,9 +109,10 @@ def read_config_file(path: str) -> dict:
 
 
 def build_config(model: str, dataset: str, config_files=(), overrides: dict | None = None,
-                 check_data: bool = True) -> Config:
+                 check_data: bool = True, overrides_source: str | dict = "command line") -> Config:
     """A RecBole ``Config`` for a registered or stock model, with our layering (``check_data``: also refuse
-    a dataset whose atomic files are missing or malformed)."""
+    a dataset whose atomic files are missing or malformed). ``config.setting_origin`` records where each
+    setting came from (``overrides_source`` names the ``overrides``: one name, or ``{key: name}``)."""
     entry = get_entry(model)
     files = config_file_list(model, dataset, config_files)
     with _argv_isolated():
@@ -127,14 +129,89 @@ def build_config(model: str, dataset: str, config_files=(), overrides: dict | No
                                 config_dict={**target, **dict(overrides or {})})
             except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
                 raise ConfigError(f"invalid configuration for {model} on {dataset}: {exc}") from None
+    config.setting_origin = setting_origin(
+        config, files, config_files, overrides, target if isinstance(target, dict) else None, overrides_source
+    )
     mechanisms = config["transfer_mechanisms"] if "transfer_mechanisms" in config else None
     if mechanisms and "text" in (mechanisms if isinstance(mechanisms, list) else [mechanisms]):
         config["item_text"] = True  # the text mechanism: both phases represent items by their text
-    check_user_settings(config, config_files, overrides)
+    check_user_settings(config, config_files, overrides, overrides_source)
     check_no_pickled_data(config)
     if check_data:
         check_dataset_present(config)
     return config
+
+
+@dataclass
+class SettingOrigin:
+    """Where each setting of a run came from (the layering above).
+
+    ``sources``: key -> ``default`` (RecBole's or recbole-kd's defaults), ``model yaml``, ``dataset yaml``,
+    ``file PATH`` (``--config_files``), ``target section`` (a transfer run's target phase) or the name of
+    the overrides (``command line``); ``raw``: the value as that source wrote it; ``defaults``: the value
+    the defaults alone give."""
+
+    sources: dict
+    raw: dict
+    defaults: dict
+
+
+def _yaml_layer(path: str, loader) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.load(f.read(), Loader=loader)
+    return data if isinstance(data, dict) else {}
+
+
+def setting_origin(config, files, config_files=(), overrides=None, target=None,
+                   overrides_source: str | dict = "command line") -> SettingOrigin:
+    """Where each of ``config``'s settings came from: RecBole's defaults, then each of ``files`` (as
+    ``config_file_list`` ordered them), the ``target`` section, then ``overrides`` (later wins), named by
+    ``overrides_source`` (one name, or one per key)."""
+    defaults = dict(getattr(config, "internal_config_dict", {}) or {})
+    sources = {k: "default" for k in defaults}
+    raw = dict(defaults)
+    user_files = [os.path.abspath(f) for f in config_files or ()]
+    ds_yaml = dataset_yaml(config["dataset"])
+    for path in files:
+        if path in (DEFAULTS_YAML, STOCK_CE_YAML):
+            label = "default"
+        elif os.path.abspath(path) in user_files:
+            label = f"file {path}"
+        elif ds_yaml and path == ds_yaml:
+            label = "dataset yaml"
+        else:
+            label = "model yaml"
+        for key, value in _yaml_layer(path, config.yaml_loader).items():
+            sources[key], raw[key] = label, value
+            if label == "default":
+                defaults[key] = value
+    for key, value in (target or {}).items():
+        sources[key], raw[key] = "target section", value
+    for key, value in (overrides or {}).items():
+        label = overrides_source.get(key, "command line") if isinstance(overrides_source, dict) else overrides_source
+        sources[key], raw[key] = label, compat.literal_value(key, value)  # as RecBole's Config reads it
+    return SettingOrigin(sources=sources, raw=raw, defaults=defaults)
+
+
+def planned_setting(model: str, dataset: str, key: str, overrides: dict | None = None):
+    """The value ``key`` will have in a run of ``model`` on ``dataset`` with ``overrides``, read from the
+    layers alone (no Config is built, nothing is checked): e.g. how many epochs a teacher will train."""
+    import recbole
+
+    props = os.path.join(os.path.dirname(recbole.__file__), "properties")
+    entry = get_entry(model)
+    files = [os.path.join(props, "overall.yaml"), os.path.join(props, "model", f"{entry.name}.yaml")]
+    files += config_file_list(model, dataset)
+    value = None
+    for path in files:
+        if os.path.isfile(path):
+            layer = read_config_file(path)
+            value = layer.get(key, value)
+    if overrides and key in overrides:
+        value = compat.literal_value(key, overrides[key])
+    return value
 
 
 PICKLE_KEYS = ("dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders")
@@ -152,14 +229,25 @@ def check_no_pickled_data(config) -> None:
             )
 
 
-def check_user_settings(config, config_files=(), overrides=None) -> None:
-    """Unknown keys the user set (warning, or error with ``strict``) and invalid values (error)."""
+# the nested section a nested run's settings came from (``overrides_source``), named as the outer run's
+# check names it, so a key is reported once
+NESTED_SECTIONS = {"teacher_config": " in teacher_config", "source section": " in source"}
+
+
+def check_user_settings(config, config_files=(), overrides=None, overrides_source="command line") -> None:
+    """Unknown keys the user set (warning, or error with ``strict``) and invalid values (error). In a nested
+    run (a teacher's, a source model's: ``overrides_source`` names each key's origin), keys shared with the
+    outer run were checked there."""
     from recbole_kd.settings_check import check_unknown_keys, check_values
 
     user_keys = set(overrides or {})
+    strict = bool(config["strict"])
+    if isinstance(overrides_source, dict):
+        user_keys = {k for k in user_keys if overrides_source.get(k, "command line") == "command line"}
+        for label, where in NESTED_SECTIONS.items():
+            check_unknown_keys({k for k in overrides or {} if overrides_source.get(k) == label}, strict, where=where)
     for path in config_files or ():
         user_keys |= set(read_config_file(path))
-    strict = bool(config["strict"])
     check_unknown_keys(user_keys, strict)
     for section in ("teacher_config", "source", "target"):
         nested = config[section] if section in config else None

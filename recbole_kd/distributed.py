@@ -149,7 +149,7 @@ def prepare_shared(config, build: bool = True) -> None:
         hook(config, build=build)
 
 
-def _worker(rank, model, dataset, config_files, overrides, saved, result_file, plugins, queue):
+def _worker(rank, model, dataset, config_files, overrides, saved, result_file, plugins, queue, verbose=False):
     from recbole_kd.errors import USER_ERRORS, TrainingError
     from recbole_kd.quick_start import run
     from recbole_kd.registry import load_plugin_files
@@ -157,7 +157,7 @@ def _worker(rank, model, dataset, config_files, overrides, saved, result_file, p
     try:
         if plugins:
             load_plugin_files(plugins)
-        result = run(model, dataset, config_files, {**overrides, "local_rank": rank}, saved, result_file)
+        result = run(model, dataset, config_files, {**overrides, "local_rank": rank}, saved, result_file, verbose)
         if result is not None:
             queue.put(("ok", result))
     except (USER_ERRORS + (TrainingError,)) as exc:
@@ -168,7 +168,7 @@ def _worker(rank, model, dataset, config_files, overrides, saved, result_file, p
             dist.destroy_process_group()
 
 
-def launch(config, model, dataset, config_files, overrides, saved, result_file):
+def launch(config, model, dataset, config_files, overrides, saved, result_file, verbose=False):
     """Run ``model`` on ``nproc`` local processes of a (possibly multi-machine) process group;
     returns rank 0's result on the machine that holds rank 0, else None."""
     import torch.multiprocessing as mp
@@ -195,7 +195,7 @@ def launch(config, model, dataset, config_files, overrides, saved, result_file):
     error = None
     try:
         mp.spawn(_worker, args=(model, dataset, list(config_files), settings, saved, result_file,
-                                loaded_plugin_files(), queue), nprocs=nproc, join=True)
+                                loaded_plugin_files(), queue, verbose), nprocs=nproc, join=True)
     except Exception as exc:  # a worker failed: report its own error if it sent one
         error = exc
     result = None

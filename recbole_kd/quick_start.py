@@ -15,8 +15,9 @@ from recbole_kd.config import build_config
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402  (its pickle loading is disabled by compat)
-from recbole.utils import init_logger, init_seed, set_color  # noqa: E402
+from recbole.utils import dict2str, init_logger, init_seed, set_color  # noqa: E402
 
+from recbole_kd import report  # noqa: E402
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.compat import create_dataset  # noqa: E402  (never unpickles a saved dataset)
 from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
@@ -138,6 +139,9 @@ def _reduce_training(config, train_data, fraction):
     return type(train_data)(config, reduced, train_data._sampler, shuffle=True)
 
 
+_DEPTH = 0  # runs in progress in this process: a teacher or source model trained for a run is nested in it
+
+
 def run(
     model: str,
     dataset: str,
@@ -145,24 +149,51 @@ def run(
     overrides: dict | None = None,
     saved: bool = True,
     result_file: str | None = None,
+    verbose: bool = False,
+    overrides_source: str | dict = "command line",
 ) -> dict:
     """Train ``model`` on ``dataset``, evaluate best-on-valid on test, return a summary dict.
 
+    The console (stderr) gets a short settings block, the phases with an estimate and RecBole's epoch
+    lines; the full settings dump and the model's layers go to the log file, and to the console too
+    with ``verbose``. ``overrides_source`` names the ``overrides`` in the settings block (one name, or
+    ``{key: name}``: a teacher's run names its ``teacher_config`` keys and those shared with the student).
+
     With ``nproc`` > 1 or ``world_size`` > 0 (RecBole's distributed settings) the run is spread
     over processes (:mod:`recbole_kd.distributed`); the summary comes from rank 0."""
+    global _DEPTH
+    top = _DEPTH == 0
+    if top:
+        report.reset_user_warnings()
     if result_file:
         check_result_file(result_file)  # before any work: a result that cannot be written is lost
-    config = build_config(model, dataset, config_files, overrides)
+    config = build_config(model, dataset, config_files, overrides, overrides_source=overrides_source)
     from recbole_kd import distributed
 
-    if "local_rank" not in (overrides or {}) and distributed.requested(config):
-        return distributed.launch(config, model, dataset, config_files, overrides, saved, result_file)
+    _DEPTH += 1
+    try:
+        if "local_rank" not in (overrides or {}) and distributed.requested(config):
+            return distributed.launch(config, model, dataset, config_files, overrides, saved, result_file, verbose)
+        return _run(config, saved, result_file, verbose, top)
+    finally:
+        _DEPTH -= 1
+        if top:
+            report.end_progress()
+
+
+def _run(config, saved: bool, result_file: str | None, verbose: bool, top: bool) -> dict | None:
+    from recbole_kd import distributed
+
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     handlers_before = set(logger.handlers)
     init_logger(config)
-    logger.info(sys.argv)
-    logger.info(config)
+    if top:
+        report.set_verbose(logger, verbose)
+    logger.info(sys.argv, extra=report.DETAIL)
+    logger.info(config, extra=report.DETAIL)  # every setting: the log file, and the console with --verbose
+    title = f"{config['model']} on {config['dataset']}"
+    logger.info(report.settings_block(config, title, report.log_file(logger)))
 
     t_data = time.perf_counter()
     data, train_data, valid_data, test_data = prepare(config)
@@ -172,7 +203,8 @@ def run(
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     entry = get_entry(config["model"])
     model_obj = entry.cls(config, train_data._dataset).to(config["device"])
-    logger.info(model_obj)
+    logger.info(model_obj, extra=report.DETAIL)
+    logger.info(f"{config['model']}: {count_parameters(model_obj):,} trainable parameters")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model_obj)
     trainer.checkpoint_meta.update(
@@ -180,6 +212,10 @@ def run(
     )
     if config["resume"]:
         trainer.prepare_resume(config["resume"])
+    if top:
+        plan = getattr(trainer, "phase_plan", None)
+        before, label = plan() if callable(plan) else ([], f"{config['model']} training")
+        report.begin_progress(before + [report.Phase("train", label, epochs=int(config["epochs"]))], trainer, logger)
     t0 = time.perf_counter()
     if trainer.resume_finished:
         best_valid_score, best_valid_result = trainer.best_valid_score, trainer.best_valid_result
@@ -195,11 +231,11 @@ def run(
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     eval_seconds = time.perf_counter() - t1
 
-    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
-    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    logger.info(set_color("best valid ", "yellow") + f": {dict2str(best_valid_result or {})}")
+    logger.info(set_color("test result", "yellow") + f": {dict2str(test_result or {})}")
     for name, table in (by_protocol(test_result) or {}).items():
         if name != selected(config):
-            logger.info(f"test result under the {name} protocol: {table}")
+            logger.info(f"test result under the {name} protocol: {dict2str(table)}")
 
     epochs = trainer.epoch_seconds
     result = {

@@ -14,7 +14,6 @@ import difflib
 import functools
 import glob
 import os
-import sys
 from numbers import Number
 
 import yaml
@@ -76,8 +75,10 @@ def check_unknown_keys(user_keys, strict: bool, where: str = "") -> list[str]:
         lines.append(f"unknown setting {key!r}{where}{hint}")
     if lines and strict:
         raise ConfigError(lines[0] + " (strict: unknown settings are errors)")
+    from recbole_kd.report import user_warning
+
     for line in lines:
-        print(f"recbole-kd: warning: {line}", file=sys.stderr)
+        user_warning(line)  # now on stderr, and again in the run's final summary
     return lines
 
 

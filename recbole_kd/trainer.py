@@ -25,7 +25,7 @@ from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
-from recbole_kd import distributed
+from recbole_kd import distributed, report
 from recbole_kd import protocol as protocols
 
 from recbole_kd.checkpoint import (
@@ -118,9 +118,17 @@ class KDTrainerMixin:
         self._saving = True
         self._epochs_this_process = 0
         self._next_epoch = 0
+        self.own_fit_seconds = 0.0  # this model's training (epochs, validation, checkpoints), no set-up
+        self._epoch_cycles: list[float] = []  # wall time of each epoch of this fit (for the run's estimate)
+        self._epoch_started: float | None = None
 
     # ---- one epoch: resume state, last checkpoint, NaN guard, timing ----------------------------
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        now = time.perf_counter()
+        if self._epoch_started is not None:  # the previous epoch, its validation and checkpoints included
+            self._epoch_cycles.append(now - self._epoch_started)
+            report.epoch_timed(self, epoch_idx, self._epoch_cycles)
+        self._epoch_started = now
         if self._pending_resume is not None:
             self._apply_resume_state(train_data)
         elif self._saving:  # at the start of every epoch, epoch 0 included: a kill in it can be resumed
@@ -135,9 +143,14 @@ class KDTrainerMixin:
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._saving = saved
+        report.training_started(self, int(self.epochs))
+        start = time.perf_counter()
+        self._epoch_cycles, self._epoch_started = [], None
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         if saved:
             self._save_last(train_data, next_epoch=self._next_epoch, finished=True)
+        self.own_fit_seconds = time.perf_counter() - start
+        report.training_finished(self)
         return result
 
     def loss_term_names(self) -> list[str]:

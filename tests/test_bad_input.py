@@ -176,6 +176,9 @@ def test_kd_topk_larger_than_the_catalogue_reports_the_value_used(tiny, tmp_path
     assert used < 1000 and result["kd_topk_requested"] == 1000
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("kd_topk=1000" in w and f"using {used}" in w for w in warnings), warnings
+    # and again at the end of the results on stdout, where it cannot scroll away
+    last = captured.out.strip().splitlines()[-1]
+    assert last.startswith("warning") and "kd_topk=1000" in last and f"using {used}" in last, captured.out[-2000:]
 
 
 # ---- D11: Ctrl-C during training ---------------------------------------------------------------------

@@ -289,3 +289,59 @@ def test_ensure_dir_race_between_processes_is_harmless(tmp_path, monkeypatch):
         module.ensure_dir(str(target))  # no FileExistsError
     with pytest.raises(FileExistsError):
         compat._ORIGINAL_ENSURE_DIR(str(target))
+
+
+def test_recbole_trainer_builds_the_grad_scaler_without_the_deprecation():
+    """(i) RecBole builds ``torch.cuda.amp.GradScaler(enabled=...)`` every epoch: a FutureWarning on every run."""
+    import warnings
+
+    from recbole.trainer import trainer
+
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("torch < 2.3: torch.cuda.amp.GradScaler is not deprecated")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scaler = trainer.amp.GradScaler(enabled=False)
+        trainer.amp.autocast(enabled=False)
+    assert isinstance(scaler, torch.amp.GradScaler) and not scaler.is_enabled()
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
+    assert trainer.amp.custom_fwd is torch.cuda.amp.custom_fwd  # every other name is torch.cuda.amp's
+
+
+def test_grad_scaler_trap_is_real_without_shim():
+    import warnings
+
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("torch < 2.3: torch.cuda.amp.GradScaler is not deprecated")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.amp.GradScaler(enabled=False)
+    assert any(issubclass(w.category, FutureWarning) and "GradScaler" in str(w.message) for w in caught)
+
+
+def test_dataframe_columns_reach_torch_as_writable_copies():
+    """(j) pandas' copy-on-write hands out read-only ``.values``; torch warned ("not writable") and its
+    tensor would have shared pandas' protected buffer."""
+    from recbole.data.dataset.dataset import Dataset
+    from recbole.utils import FeatureType
+
+    class Stub:
+        field2type = {"user_id": FeatureType.TOKEN, "price": FeatureType.FLOAT}
+        config = {"numerical_features": []}
+
+    frame = pd.DataFrame({"user_id": np.arange(1, 6, dtype=np.int64), "price": np.linspace(0.5, 2.5, 5)})
+    inter = Dataset._dataframe_to_interaction(Stub(), frame)
+    assert inter["user_id"].tolist() == [1, 2, 3, 4, 5] and inter["price"].tolist() == [0.5, 1.0, 1.5, 2.0, 2.5]
+    for name in ("user_id", "price"):
+        assert not np.shares_memory(inter[name].numpy(), frame[name].values), name
+
+
+@pytest.mark.skipif(int(pd.__version__.split(".")[0]) < 3, reason="read-only .values come with pandas 3's copy-on-write")
+def test_read_only_columns_trap_is_real_without_shim():
+    frame = pd.DataFrame({"user_id": np.arange(1, 6, dtype=np.int64)})
+    assert not frame["user_id"].values.flags.writeable
+    code = ("import warnings, numpy as np, pandas as pd, torch\n"
+            "warnings.simplefilter('always')\n"
+            "torch.LongTensor(pd.DataFrame({'a': np.arange(3)})['a'].values)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "not writable" in proc.stderr

@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from logging import getLogger
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from recbole_kd import report
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, load_checkpoint
 from recbole_kd.distributed import comm_device
 
@@ -74,6 +76,17 @@ def teacher_overrides(config) -> dict:
         raise ValueError(f"teacher_config must be a mapping of settings, got {nested!r}")
     out.update(nested)
     return out
+
+
+SHARED_SOURCE = "shared with the student's run"
+
+
+def teacher_sources(config) -> dict:
+    """Where each of the teacher run's settings came from, for its settings block: ``teacher_config``, or
+    the student's run (shown in the student's block already)."""
+    nested = config["teacher_config"] or {}
+    return {**{k: SHARED_SOURCE for k in teacher_overrides(config)}, "checkpoint_dir": SHARED_SOURCE,
+            "resume": SHARED_SOURCE, **{k: "teacher_config" for k in nested}}
 
 
 def zoo_key(teacher: str, dataset: str, overrides: dict) -> str:
@@ -152,17 +165,22 @@ def load_teacher(config, dataset, student_params: int | None = None):
                 "same teacher_dir on shared storage, or --teacher_checkpoint=PATH"
             )
         else:
-            t_config = build_config(name, config["dataset"], overrides=overrides)
+            t_config = build_config(name, config["dataset"], overrides=overrides, overrides_source=teacher_sources(config))
             n_teacher = sum(p.numel() for p in entry.cls(t_config, dataset).parameters())
             check_teacher_size(config, name, n_teacher, student_params)
             logger.info(f"teacher zoo: no teacher {key} in {folder}; training {name} on {config['dataset']} first")
+            report.phase_start("teacher")
+            t0 = time.perf_counter()
             result = run(
                 name,
                 config["dataset"],
                 overrides={**overrides, "checkpoint_dir": folder, "resume": "auto"},
                 saved=True,
                 result_file=os.path.join(folder, key + ".json"),
+                overrides_source=teacher_sources(config),
             )
+            info["teacher_train_seconds"] = time.perf_counter() - t0
+            report.phase_finish("teacher")
             os.replace(result["checkpoint"], path)
             info["teacher_source"] = "trained"
     teacher = _load_checked(config, dataset, path, name)
@@ -461,7 +479,8 @@ class TeacherOutputs:
             torch.save(state, tmp)
             os.replace(tmp, path)
         except OSError as exc:
-            getLogger().warning(f"teacher output cache not written to {path} ({exc}); outputs kept in memory only")
+            report.user_warning(f"teacher output cache not written to {path} ({exc}); outputs kept in memory only "
+                                "(check kd_cache_dir)", getLogger())
             return
         finally:
             if os.path.exists(tmp):

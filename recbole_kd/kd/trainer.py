@@ -15,6 +15,7 @@ import torch
 from recbole.utils import ModelType, init_seed
 from torch import nn
 
+from recbole_kd import report
 from recbole_kd.kd.base import KDInputs, get_kd_loss
 from recbole_kd.fused import ItemScores
 from recbole_kd.kd.gate import gate_weights, weighted_mean
@@ -73,7 +74,8 @@ class DistillTrainer(KDTrainer):
         self.teacher_info = {}
         self.teacher_outputs = None
         self.kd_modules = nn.ModuleDict()
-        self.cache_seconds = 0.0
+        self.setup_seconds = 0.0  # finding (or training) and loading the teacher, and its output cache
+        self.cache_seconds = 0.0  # the teacher-output cache alone (computed, or read from kd_cache_dir)
 
     # ---- set-up (needs the training data, so it happens when fit starts) ----------------------------
     @staticmethod
@@ -98,6 +100,22 @@ class DistillTrainer(KDTrainer):
             return
         load_teacher(config, create_dataset(config))
 
+    def phase_plan(self):
+        """The phases before the student's training (the teacher's, when the zoo has to train it first, and
+        the teacher-output cache), and the student's label (:mod:`recbole_kd.report`)."""
+        from recbole_kd.config import planned_setting
+        from recbole_kd.kd.teacher import teacher_overrides, zoo_path
+        from recbole_kd.report import Phase
+
+        name = self.config["teacher"]
+        phases = []
+        if not self.config["teacher_checkpoint"] and not os.path.isfile(zoo_path(self.config)[2]):
+            epochs = planned_setting(name, self.config["dataset"], "epochs", teacher_overrides(self.config))
+            phases.append(Phase("teacher", f"teacher {name} training", epochs=epochs if isinstance(epochs, int) else None))
+        cache = "teacher-output cache" if self.kd_cache else "teacher loading (outputs computed per batch)"
+        phases.append(Phase("cache", cache))
+        return phases, f"student {self.config['model']} training"
+
     def attach_teacher(self, train_data):
         if self.teacher is not None:
             return
@@ -105,6 +123,7 @@ class DistillTrainer(KDTrainer):
         self.teacher, self.teacher_info = load_teacher(
             self.config, train_data.dataset, student_params=sum(p.numel() for p in self.model.parameters())
         )
+        report.phase_start("cache")
         # the same random stream (KD modules' init, then training) whether the teacher was loaded or
         # had to be trained first
         init_seed(self.config["seed"], self.config["reproducibility"])
@@ -119,23 +138,29 @@ class DistillTrainer(KDTrainer):
                 params=itertools.chain(self.model.parameters(), self.kd_modules.parameters())
             )
             self.distribute(self.kd_modules)  # distributed: KD helpers' gradients are averaged too
+        t_cache = time.perf_counter()
         self.teacher_outputs = TeacherOutputs(
             self.teacher, train_data, self.kd_topk, need_hidden, cached=self.kd_cache, device=self.device,
             cache_dir=self.config["kd_cache_dir"], mask_seen=self.kd_mask_seen,
         )
-        self.cache_seconds = time.perf_counter() - t0
+        self.cache_seconds = time.perf_counter() - t_cache
+        self.setup_seconds = time.perf_counter() - t0
+        report.phase_finish("cache")
         used = self.teacher_outputs.topk
         if used != self.kd_topk:  # TeacherOutputs caps it at the catalogue: n_items - 1 real items
-            self.logger.warning(
+            report.user_warning(
                 f"kd_topk={self.kd_topk} is larger than the catalogue ({self.teacher.n_items - 1} items): "
-                f"using {used}; set kd_topk <= {used}"
+                f"using {used}; set kd_topk <= {used}", self.logger
             )
             self.kd_topk_requested, self.kd_topk = self.kd_topk, used
+        trained = self.teacher_info.get("teacher_train_seconds")
+        cache = (f"cache on ({self.teacher_outputs.nbytes() / 2**20:.1f} MiB, "
+                 f"{'read from kd_cache_dir' if self.teacher_outputs.loaded_from_disk else 'computed'} in "
+                 f"{self.cache_seconds:.1f}s)") if self.kd_cache else f"cache off (set-up {self.cache_seconds:.1f}s)"
         self.logger.info(
-            f"distillation: teacher {self.teacher_info.get('teacher')} ({self.teacher_info.get('teacher_source')}), "
-            f"losses {[(l.name, w) for l, w, _ in self.kd_spec]}, gate {self.kd_gate}, top-K {self.kd_topk}, "
-            f"cache {'on' if self.kd_cache else 'off'} ({self.teacher_outputs.nbytes() / 2**20:.1f} MiB, "
-            f"{self.cache_seconds:.1f}s)"
+            f"distillation: teacher {self.teacher_info.get('teacher')} ({self.teacher_info.get('teacher_source')}"
+            + (f" in {trained:.1f}s" if trained is not None else "") + "), "
+            f"losses {[(l.name, w) for l, w, _ in self.kd_spec]}, gate {self.kd_gate}, top-K {self.kd_topk}, {cache}"
         )
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -212,7 +237,11 @@ class DistillTrainer(KDTrainer):
             "kd_cache": self.kd_cache,
             "kd_mask_seen": self.kd_mask_seen,
             "teacher_cache_bytes": self.teacher_outputs.nbytes() if self.teacher_outputs else 0,
-            "teacher_setup_seconds": self.cache_seconds,
+            # the whole set-up (teacher training if the zoo had none, loading, output cache), then its parts
+            "teacher_setup_seconds": self.setup_seconds,
+            "teacher_train_seconds": 0.0,  # replaced by the teacher's info when it was trained for this run
+            "teacher_cache_seconds": self.cache_seconds,
+            "student_train_seconds": self.own_fit_seconds,
             "teacher_cache_file": self.teacher_outputs.cache_file if self.teacher_outputs else None,
             "teacher_cache_loaded": bool(self.teacher_outputs and self.teacher_outputs.loaded_from_disk),
         }

@@ -21,6 +21,7 @@ import torch
 from recbole.utils import init_seed
 from torch import nn
 
+from recbole_kd import report
 from recbole_kd.checkpoint import load_checkpoint
 from recbole_kd.transfer.mapping import (
     TransferError,
@@ -78,31 +79,52 @@ def _embedded(dataset: str) -> bool:
     return os.path.isfile(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset, f"{dataset}.inter"))
 
 
-def ensure_source(config, student: str, build: bool = True) -> tuple[str, str]:
-    """(checkpoint path, "cached" | "trained") of the source model, trained first if missing.
+def ensure_source(config, student: str, build: bool = True) -> tuple[str, str, float]:
+    """(checkpoint path, "cached" | "trained", seconds its training took here) of the source model, trained
+    first if missing.
     Distributed ranks and ``build=False`` (machines other than the first) never train it: a missing
     source model is one clear error."""
     from recbole_kd.config import ConfigError
-    from recbole_kd.kd.teacher import zoo_key
     from recbole_kd.quick_start import run
 
     dataset, overrides = source_spec(config)
-    folder = config["transfer_dir"] or os.path.join(config["checkpoint_dir"], "transfer")
-    key = zoo_key(student, dataset, overrides)
-    path = os.path.join(folder, key + ".pth")
+    folder, key, path = source_path(config, student)
     if os.path.isfile(path):
         getLogger().info(f"transfer: using the cached source model {path}")
-        return path, "cached"
+        return path, "cached", 0.0
     if not build or not config["single_spec"]:
         raise ConfigError(
             f"distributed run: source model {key} is not in {folder}; only the launching machine (offset=0) "
             "trains it, before its processes start; give other machines the same transfer_dir on shared storage"
         )
     getLogger().info(f"transfer: source phase: training {student} on {dataset} (cached as {path})")
+    report.phase_start("source")
+    t0 = time.perf_counter()
     result = run(student, dataset, overrides={**overrides, "checkpoint_dir": folder, "resume": "auto"},
-                 result_file=os.path.join(folder, key + ".json"))
+                 result_file=os.path.join(folder, key + ".json"), overrides_source=source_sources(config, overrides))
+    seconds = time.perf_counter() - t0
+    report.phase_finish("source")
     os.replace(result["checkpoint"], path)
-    return path, "trained"
+    return path, "trained", seconds
+
+
+def source_sources(config, overrides: dict) -> dict:
+    """Where each of the source run's settings came from, for its settings block: the ``source`` section,
+    or the target run (shown in its own block)."""
+    src = config["source"] if isinstance(config["source"], dict) else {}
+    shared = "shared with the target run"
+    return {**{k: shared for k in overrides}, "checkpoint_dir": shared, "resume": shared,
+            **{k: "source section" for k in src if k != "dataset"}}
+
+
+def source_path(config, student: str) -> tuple[str, str, str]:
+    """(folder, key, checkpoint path) of the source model of this run."""
+    from recbole_kd.kd.teacher import zoo_key
+
+    dataset, overrides = source_spec(config)
+    folder = config["transfer_dir"] or os.path.join(config["checkpoint_dir"], "transfer")
+    key = zoo_key(student, dataset, overrides)
+    return folder, key, os.path.join(folder, key + ".pth")
 
 
 def load_source(config, student: str):
@@ -112,9 +134,10 @@ def load_source(config, student: str):
     from recbole_kd.registry import get_entry
 
     dataset, overrides = source_spec(config)
-    path, phase = ensure_source(config, student)
-    info = {"source_dataset": dataset, "source_checkpoint": path, "source_phase": phase}
-    s_config = build_config(student, dataset, overrides=overrides)
+    path, phase, seconds = ensure_source(config, student)
+    info = {"source_dataset": dataset, "source_checkpoint": path, "source_phase": phase,
+            "source_train_seconds": seconds}
+    s_config = build_config(student, dataset, overrides=overrides, overrides_source=source_sources(config, overrides))
     s_dataset, s_train, _, _ = prepare(s_config)
     model = get_entry(student).cls(s_config, s_train.dataset).to(config["device"])
     state = load_checkpoint(path, map_location=config["device"], expect_model=student)
@@ -170,6 +193,22 @@ class TransferTrainer(KDTrainer):
 
         student = getattr(get_entry(config["model"]).cls, "transfer_base", None) or config["model"]
         ensure_source(config, student, build=build)
+
+    def phase_plan(self):
+        """The source phase (when its model is not cached yet) and the target phase's label
+        (:mod:`recbole_kd.report`)."""
+        from recbole_kd.report import Phase
+
+        from recbole_kd.config import planned_setting
+
+        student = getattr(self.model, "transfer_base", None) or self.config["model"]
+        dataset, overrides = source_spec(self.config)
+        phases = []
+        if not os.path.isfile(source_path(self.config, student)[2]):
+            epochs = planned_setting(student, dataset, "epochs", overrides)
+            phases.append(Phase("source", f"source phase: {student} on {dataset}",
+                                epochs=epochs if isinstance(epochs, int) else None))
+        return phases, f"target phase: {self.config['model']} on {self.config['dataset']}"
 
     def attach_source(self, train_data):
         if self.transfer_info:
@@ -269,4 +308,4 @@ class TransferTrainer(KDTrainer):
             self.kd_map.load_state_dict(state["transfer_kd_map"])
 
     def run_report(self) -> dict:
-        return {k: v for k, v in self.transfer_info.items()}
+        return {**self.transfer_info, "target_train_seconds": self.own_fit_seconds}
