@@ -11,7 +11,6 @@ import itertools
 import os
 import time
 
-import torch
 from recbole.utils import ModelType, init_seed
 from torch import nn
 
