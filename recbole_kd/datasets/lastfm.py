@@ -301,11 +301,10 @@ def convert(input_path: str, out_dir: str, name: str) -> Report:
     return report
 
 
-def _top_words(counts: dict[str, int], words: dict[str, str]) -> tuple[str, int]:
-    """The words of the most used known tags (ties by numeric tag id), and how many tag ids were unknown."""
+def _top_words(counts: dict[str, int], words: dict[str, str]) -> str:
+    """The words of the most used known tags (ties by numeric tag id)."""
     known = [(-n, int(t) if t.isdigit() else float("inf"), t) for t, n in counts.items() if t in words]
-    top = [words[t] for *_, t in sorted(known)[:TOP_TAGS]]
-    return " ".join(w for w in top if w), len(counts) - len(known)
+    return " ".join(w for w in (words[t] for *_, t in sorted(known)[:TOP_TAGS]) if w)
 
 
 def _write_items(path: str, out_dir: str, name: str, listened: set[str], tag_counts, tag_words, report: Report):
@@ -321,7 +320,7 @@ def _write_items(path: str, out_dir: str, name: str, listened: set[str], tag_cou
             named.add(artist)
             row = [artist, clean_text(cols[1])]
             if tag_counts is not None:
-                words, _ = _top_words(tag_counts.get(artist, {}), tag_words)
+                words = _top_words(tag_counts.get(artist, {}), tag_words)
                 with_tags += bool(words)
                 row.append(words)
             item.write(row)
