@@ -75,3 +75,20 @@ def test_every_module_imports_first(module):
 
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_ml1m_dataset_yaml_gives_its_settings_to_student_and_teacher():
+    """`--dataset=ml-1m` alone: max length 200, dropout 0.2, patience 10 for the model and the teacher a
+    KD run trains (the dataset yaml applies to both); other datasets keep the package defaults."""
+    from recbole_kd.config import build_config
+    from recbole_kd.kd.teacher import teacher_overrides
+
+    student = build_config("KD-SASRec", "ml-1m", check_data=False)
+    teacher = build_config("SASRec-L", "ml-1m", overrides=teacher_overrides(student), check_data=False)
+    for config in (student, teacher):
+        assert config["MAX_ITEM_LIST_LENGTH"] == 200 and config["stopping_step"] == 10
+        assert config["hidden_dropout_prob"] == 0.2 and config["attn_dropout_prob"] == 0.2
+    assert teacher["hidden_size"] == 128  # the teacher preset of kd.yaml still applies
+    assert build_config("SASRec-S", "ml-100k", check_data=False)["MAX_ITEM_LIST_LENGTH"] == 50
+    assert build_config("SASRec-S", "ml-1m", overrides={"MAX_ITEM_LIST_LENGTH": 100},
+                        check_data=False)["MAX_ITEM_LIST_LENGTH"] == 100
