@@ -608,9 +608,14 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
     for (ds, label), group_cells in by_row.items():
         c0 = group_cells[0]
         runs = [records[(ds, label, c.seed)] for c in group_cells if (ds, label, c.seed) in records]
+        # a row averages cells of one kind: once any seed recorded both protocols, seeds stored before
+        # (scored, and their checkpoint selected, under RecBole's protocol only) are left out, not mixed in
+        current = [r for r in runs if not legacy_record(r)]
+        superseded = [r["seed"] for r in runs if current and legacy_record(r)]
+        runs = current or runs
         row = {"dataset": ds, "label": label, "model": c0.model, "group": c0.group, "seeds_planned": len(group_cells),
                "seeds": [r["seed"] for r in runs], "skip": c0.skip, "teacher_from": c0.teacher_from,
-               "student_ref": c0.student_ref}
+               "student_ref": c0.student_ref, "superseded_seeds": superseded}
         if not runs:
             fails = [failed_record(out, c) for c in group_cells]
             fails = [f for f in fails if f]
@@ -805,7 +810,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                   f"| group | row | model | seeds | test NDCG@10 ({pm}) | NDCG@10 ({po}) | Recall@10 | MRR@10 | params "
                   "| latency 256 users (ms) | s / epoch | epochs | vs student alone | vs teacher |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        legacy = False
+        legacy = superseded = False
         for group in GROUPS:
             for row in (r for r in ds_rows if r["group"] == group):
                 if row["status"] != "ok":
@@ -813,6 +818,10 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                                  f"{row['status']} | | | | | | | | | |")
                     continue
                 legacy = legacy or not row.get(main)
+                superseded = superseded or bool(row["superseded_seeds"])
+                seeds = f"{len(row['seeds'])}/{row['seeds_planned']}"
+                if row["superseded_seeds"]:
+                    seeds += f" (+{len(row['superseded_seeds'])} RecBole-only)"
 
                 def ratio(key, row=row, po=po):  # called within this iteration only
                     here = row.get(key)
@@ -826,9 +835,8 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                 on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
                 o = row.get(other) or {}
                 lines.append(
-                    f"| {group} | {row['label']} | {row['model']} | {len(row['seeds'])}/{row['seeds_planned']} | "
-                    f"{_fmt(row['ndcg@10'])} | {_fmt(o.get('ndcg@10'))} | {_fmt(row['recall@10'])} | "
-                    f"{_fmt(row['mrr@10'])} | {row['num_params']:,} | {row['latency_ms']:.1f}{on} | "
+                    f"| {group} | {row['label']} | {row['model']} | {seeds} | {_fmt(row['ndcg@10'])} | "
+                    f"{_fmt(o.get('ndcg@10'))} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | {row['num_params']:,} | {row['latency_ms']:.1f}{on} | "
                     f"{row['seconds_per_epoch']:.2f}{on} | {row['epochs']:.0f} | {ratio('vs_student_alone')} | "
                     f"{ratio('vs_teacher')} |")
         lines.append("")
@@ -836,6 +844,10 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
             lines += [f"Rows with `-` under {pm} were run before every cell recorded both protocols: their "
                       f"checkpoint was selected, and their metrics computed, under RecBole's protocol only; running "
                       "the suite again re-measures them.", ""]
+        if superseded:
+            lines += ["A seeds count marked `+N RecBole-only` leaves out N seeds stored before both protocols were "
+                      "recorded: a row never averages them with newer seeds (their checkpoints were selected under "
+                      "RecBole's protocol); running the suite again re-measures them.", ""]
         for title, name in plots.get(ds, []):
             lines += [f"![{title}]({name})", ""]
     if not plots and rows:

@@ -523,3 +523,34 @@ def test_kd_gain_reports_the_worst_seed_against_the_best_alone_seed(tmp_path):
     assert rows["KD-SASRec"]["vs_student_alone_worst"] == pytest.approx(0.056 / 0.054)
     render(suite, cells, records, str(tmp_path))
     assert "| 1.109 [1.037] (RecBole 1.109) |" in (tmp_path / "README.md").read_text()
+
+
+def test_a_row_never_averages_seeds_of_two_protocol_generations(tmp_path):
+    """One seed re-run with both protocols recorded, two older RecBole-only seeds: the row is that one
+    seed (RecBole 0.040, not the mean with the older 0.030s), and the report says what it left out."""
+    import yaml
+
+    from recbole_kd.bench import expand, load_suite, render, summarize
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "seeds": [1, 2, 3], "datasets": {"a": {}},
+                                    "models": [{"model": "SASRec-S", "group": "student"}]}))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    records = {}
+    for c in cells:
+        result = {"num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0, "test_result": {"ndcg@10": 0.030, "recall@10": 0.05, "mrr@10": 0.01}}
+        if c.seed == 1:
+            tables = {"filter_seen": {"ndcg@10": 0.050, "recall@10": 0.1, "mrr@10": 0.03},
+                      "recbole": {"ndcg@10": 0.040, "recall@10": 0.08, "mrr@10": 0.02}}
+            result.update(protocol="filter_seen", test_result=tables["filter_seen"], test_result_by_protocol=tables)
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    (row,) = summarize(cells, records, str(tmp_path))
+    assert row["seeds"] == [1] and row["superseded_seeds"] == [2, 3]
+    assert row["recbole"]["ndcg@10"] == (0.040, None) and row["ndcg@10"] == (0.050, None)
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert "| student | SASRec-S | SASRec-S | 1/3 (+2 RecBole-only) | 0.0500 | 0.0400 |" in report
+    assert "leaves out N seeds stored before both protocols were recorded" in report
