@@ -2,48 +2,17 @@
 write JSON + markdown with the command and the machine."""
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
 import time
+
+from recbole_kd.utils import git_commit, machine_info, write_json_atomic, write_text_atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 REPO = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "datasets")
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except Exception:
-        return "unknown"
 
 
 def command() -> str:
@@ -74,25 +43,12 @@ def run_cell(model, dataset, workdir, **overrides) -> dict:
         os.chdir(cwd)
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    if len(values) == 1:
-        return values[0], 0.0
-    return statistics.mean(values), statistics.stdev(values)
-
-
 def write_outputs(name: str, payload: dict, markdown: str) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
-    payload = {"command": command(), "machine": machine(), "git_commit": git_commit(), **payload}
-    with open(os.path.join(RESULTS, name + ".json"), "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
+    payload = {"command": command(), "machine": machine_info(), "git_commit": git_commit(), **payload}
+    write_json_atomic(os.path.join(RESULTS, name + ".json"), payload)
     head = (
         f"Command: `{payload['command']}`  \n"
         f"Machine: {payload['machine']['cpu']}, {payload['machine']['cores']} cores, {payload['machine']['torch_threads']} torch threads, "
         f"torch {payload['machine']['torch']} ({payload['machine']['device']}); commit {payload['git_commit']}\n\n"
     )
-    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
-        f.write(head + markdown.rstrip() + "\n")
+    write_text_atomic(os.path.join(RESULTS, name + ".md"), head + markdown.rstrip() + "\n")

@@ -211,28 +211,6 @@ def _text_share(config, dataset, test_items):
     return float(sum(1 for i in test_items if texts[i]) / len(test_items))
 
 
-def machine() -> dict:
-    import platform
-
-    import recbole
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "recbole": recbole.__version__,
-    }
-
-
 def to_markdown(result: dict) -> str:
     lines = [
         "# Dataset statistics (as loaded by recbole-kd)",
@@ -317,7 +295,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for dataset_stats.{json,md}")
     args = parser.parse_args(argv)
 
-    from recbole_kd.quick_start import write_json_atomic
+    from recbole_kd.utils import machine_info, write_json_atomic
 
     wanted = set(args.datasets.split(",")) if args.datasets else None
     rows = []
@@ -344,7 +322,7 @@ def main(argv=None) -> int:
                   f"({row['load_seconds']}s) {json.dumps(row['checks']) if row['checks'] else ''}", flush=True)
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv)),
-        "machine": machine(),
+        "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "datasets": rows,
     }

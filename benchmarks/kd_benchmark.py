@@ -17,7 +17,9 @@ import hashlib
 import json
 import os
 
-from common import RESULTS, fail, mean_std, run_cell, write_outputs
+from common import RESULTS, fail, run_cell, write_outputs
+
+from recbole_kd.utils import mean_std
 
 from recbole_kd.kd.teacher import distilled_from_raw_top_k
 
@@ -278,7 +280,9 @@ def metric(runs, key):
 
 def fmt(ms, digits=4):
     m, s = ms
-    return "n/a" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+    if m is None:
+        return "n/a"
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"  # one seed: no spread
 
 
 def report_protocol(teacher, rows) -> str:

@@ -50,9 +50,9 @@ import datetime as _dt
 import fnmatch
 import functools
 import hashlib
+import io
 import json
 import os
-import platform
 import re
 import shlex
 import signal
@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from recbole_kd.protocol import FILTER_SEEN, PROTOCOLS, RECBOLE
+from recbole_kd.utils import git_commit, machine_info, mean_std, write_json_atomic, write_text_atomic
 
 GROUPS = ("baseline", "teacher", "student", "distilled", "transfer")
 
@@ -206,12 +207,6 @@ def output_dir(suite: dict, out: str | None) -> str:
 
 
 # ---- storage ---------------------------------------------------------------------------------------
-def _write_json(path: str, obj) -> None:
-    from recbole_kd.quick_start import write_json_atomic
-
-    write_json_atomic(path, obj)
-
-
 def _read_json(path: str):
     try:
         with open(path) as f:
@@ -239,32 +234,6 @@ def _stale_kd(rec: dict, cell: Cell) -> bool:
 
 def failed_record(out: str, cell: Cell) -> dict | None:
     return _read_json(os.path.join(out, "cells", cell.id + ".failed.json"))
-
-
-def git_commit() -> str:
-    """The checkout's commit; where there is no git repository (a copy of the tree on another machine),
-    ``RECBOLE_KD_GIT_COMMIT`` if set (``benchmarks/accelerator/run.sh`` sets it)."""
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return os.environ.get("RECBOLE_KD_GIT_COMMIT") or "unknown"
-
-
-def machine() -> dict:
-    import torch
-
-    from recbole_kd.quick_start import device_info
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, **device_info()}
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -380,7 +349,7 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, 
         log.write(stderr)
     wall = time.perf_counter() - t0
     base = {**cell.spec(), "id": cell.id, "config_hash": cell.config_hash, "started_at": started,
-            "wall_seconds": wall, "command": shlex.join(args[1:]), "git_commit": git_commit(), "machine": machine()}
+            "wall_seconds": wall, "command": shlex.join(args[1:]), "git_commit": git_commit(), "machine": machine_info()}
     result = _read_json(result_path)
     if returncode != 0 or result is None:
         errors = [l for l in stderr.splitlines() if l.startswith("recbole-kd: error")]
@@ -501,7 +470,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                     ended.add(c.id)
                     rec = fut.result()
                     if rec["status"] == "ok":
-                        _write_json(os.path.join(out, "cells", c.id + ".json"), rec)
+                        write_json_atomic(os.path.join(out, "cells", c.id + ".json"), rec)
                         failed = os.path.join(out, "cells", c.id + ".failed.json")
                         if os.path.exists(failed):
                             os.unlink(failed)
@@ -509,7 +478,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                         if jobs > 1:
                             print(f"[bench] finished {c.id} in {_fmt_minutes(rec['wall_seconds'] / 60)}", flush=True)
                     else:
-                        _write_json(os.path.join(out, "cells", c.id + ".failed.json"), rec)
+                        write_json_atomic(os.path.join(out, "cells", c.id + ".failed.json"), rec)
                         print(f"[bench] cell {c.id} failed: {rec.get('error')}", file=sys.stderr, flush=True)
         except BaseException:
             for proc in list(_LIVE):  # the cells' processes: interrupted like a Ctrl-C in a terminal would
@@ -593,13 +562,6 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
 
-def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)  # one seed: no spread
-
-
 def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
     rows = []
     by_row = {}
@@ -632,7 +594,7 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         for protocol in PROTOCOLS:
             tables = [protocol_result(r, protocol) for r in res]
             row[protocol] = (None if any(t is None for t in tables) else
-                             {m: _mean_std([t.get(m) for t in tables]) for m in METRICS})
+                             {m: mean_std([t.get(m) for t in tables]) for m in METRICS})
             row.setdefault("seed_ndcg", {})[protocol] = (None if any(t is None for t in tables) else
                                                          [t.get("ndcg@10") for t in tables])
         row["protocols_selected"] = sorted({r.get("protocol") or RECBOLE for r in res})
@@ -782,9 +744,9 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
     commit = git_commit()
     payload = {"suite": suite["name"], "suite_file": os.path.relpath(suite["_path"], out),
                "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": commit, "machine": machine(), "rows": rows,
+               "git_commit": commit, "machine": machine_info(), "rows": rows,
                "cells": [records[k] for k in sorted(records)]}
-    _write_json(os.path.join(out, "results.json"), payload)
+    write_json_atomic(os.path.join(out, "results.json"), payload)
     _write_csv(os.path.join(out, "results.csv"), cells, records)
     plots = _plots(rows, out)
     lines = [f"# Benchmark suite `{suite['name']}`", ""]
@@ -860,33 +822,29 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
               "over seeds (a ratio to it would measure noise). Recall@10 and MRR@10 are under the table's protocol. "
               "Latency: median full-sort scoring time for 256 test users on "
               "the cell's machine; latency and s / epoch of rows run on a GPU are marked (cuda).", ""]
-    tmp = os.path.join(out, ".README.md.tmp")
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, os.path.join(out, "README.md"))
+    write_text_atomic(os.path.join(out, "README.md"), "\n".join(lines))
 
 
 def _write_csv(path, cells, records):
     per_protocol = [f"{m} ({p})" for p in PROTOCOLS for m in METRICS]
     cols = ["dataset", "label", "model", "group", "seed", "status", "protocol", *per_protocol, "num_params", "latency_ms",
             "train_seconds_per_epoch", "epochs_run", "train_seconds", "config_hash", "git_commit"]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for c in cells:
-            rec = records.get((c.dataset, c.label, c.seed))
-            if rec is None:
-                w.writerow([c.dataset, c.label, c.model, c.group, c.seed, f"skip: {c.skip}" if c.skip else "not run"]
-                           + [""] * (len(cols) - 6))
-                continue
-            r = rec["result"]
-            tables = [protocol_result(r, p) or {} for p in PROTOCOLS]
-            w.writerow([c.dataset, c.label, c.model, c.group, c.seed, "ok", r.get("protocol") or RECBOLE,
-                        *(t.get(m) for t in tables for m in METRICS),
-                        r["num_params"], 1000 * r["latency_seconds"], r["train_seconds_per_epoch"], r["epochs_run"],
-                        r["train_seconds"], rec["config_hash"], rec["git_commit"]])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for c in cells:
+        rec = records.get((c.dataset, c.label, c.seed))
+        if rec is None:
+            w.writerow([c.dataset, c.label, c.model, c.group, c.seed, f"skip: {c.skip}" if c.skip else "not run"]
+                       + [""] * (len(cols) - 6))
+            continue
+        r = rec["result"]
+        tables = [protocol_result(r, p) or {} for p in PROTOCOLS]
+        w.writerow([c.dataset, c.label, c.model, c.group, c.seed, "ok", r.get("protocol") or RECBOLE,
+                    *(t.get(m) for t in tables for m in METRICS),
+                    r["num_params"], 1000 * r["latency_seconds"], r["train_seconds_per_epoch"], r["epochs_run"],
+                    r["train_seconds"], rec["config_hash"], rec["git_commit"]])
+    write_text_atomic(path, buf.getvalue())
 
 
 def pareto_front(points):

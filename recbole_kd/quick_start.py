@@ -1,10 +1,8 @@
 """One training run: the path every CLI call, test and benchmark goes through."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.compat import create_dataset  # noqa: E402  (never unpickles a saved dataset)
 from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
+from recbole_kd.utils import machine_info, write_json_atomic  # noqa: E402
 
 CL_KEYS = ("cl_weight", "cl_temperature")  # recorded when the contrastive regulariser is on
 ESSENTIAL_KEYS = (
@@ -48,31 +47,6 @@ ESSENTIAL_KEYS = (
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def device_info(device=None) -> dict:
-    """``{"device": "cpu"|"cuda"[, "gpu": name]}`` for ``device`` (the one a run used, config["device"]), else
-    for the one torch would pick. Shared by run results and bench cell records."""
-    used = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    info = {"device": used}
-    if used == "cuda":
-        try:
-            info["gpu"] = torch.cuda.get_device_name(torch.device(device) if device is not None else None)
-        except Exception:  # the name is for reports only
-            pass
-    return info
-
-
-def machine_info(device=None) -> dict:
-    """This machine; ``device``: the one the run used (config["device"]), else the one torch would pick."""
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        **device_info(device),
-    }
 
 
 def _floats(result) -> dict | None:
@@ -350,23 +324,6 @@ def check_result_file(path: str) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write result file {path}: {exc.strerror or exc} in {existing}; choose a "
                           "writable --result_file") from None
-
-
-def write_json_atomic(path: str, obj) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _close_file_handlers(logger: logging.Logger, keep=()) -> None:

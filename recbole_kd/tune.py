@@ -33,6 +33,7 @@ import sys
 import time
 
 from recbole_kd.cli import UsageError, parse_args
+from recbole_kd.utils import write_json_atomic, write_text_atomic
 
 USAGE = """usage: python -m recbole_kd tune --model=MODEL --dataset=DATASET --space=FILE [--samples=N]
                                [--out=DIR] [--cpus_per_trial=1] [--max_concurrent=N] [--key=value ...]"""
@@ -128,7 +129,7 @@ def trial(params, *, model, dataset, config_files, overrides, out, plugins, thre
     from ray.air import session
 
     from recbole_kd import compat
-    from recbole_kd.quick_start import run, write_json_atomic
+    from recbole_kd.quick_start import run
     from recbole_kd.registry import load_plugin_files
 
     compat.apply()
@@ -249,7 +250,6 @@ def tune_model(model, dataset, space_file, config_files=(), overrides=None, samp
 
 
 def write_report(out, model, dataset, space_file, metric, mode, errors=()) -> dict:
-    from recbole_kd.quick_start import write_json_atomic
 
     folder = os.path.join(out, "trials")
     trials = []
@@ -275,7 +275,7 @@ def write_report(out, model, dataset, space_file, metric, mode, errors=()) -> di
     for t in trials:
         writer.writerow([t["trial_id"]] + [json.dumps(t["params"].get(k)) for k in keys] + [t["best_valid_score"]]
                         + [(t["test_result"] or {}).get(m) for m in metrics] + [t["epochs_run"], round(t["train_seconds"], 2)])
-    _write_text(os.path.join(out, "results.csv"), buf.getvalue())
+    write_text_atomic(os.path.join(out, "results.csv"), buf.getvalue())
     lines = [
         f"# Tuning {model} on {dataset}",
         "",
@@ -293,12 +293,5 @@ def write_report(out, model, dataset, space_file, metric, mode, errors=()) -> di
     lines += ["", f"Best: `{best['params']}` (trial {best['trial_id']}).", ""]
     if errors:
         lines += [f"Failed trials: {len(errors)}", ""] + [f"- {e}" for e in errors] + [""]
-    _write_text(os.path.join(out, "README.md"), "\n".join(lines))
+    write_text_atomic(os.path.join(out, "README.md"), "\n".join(lines))
     return summary
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

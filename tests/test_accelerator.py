@@ -141,7 +141,7 @@ def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):
     one the bench process would pick: that is what the report's "(cuda)" marks rest on."""
     from recbole_kd import bench
     from recbole_kd.bench import expand, load_suite, run_cell
-    from recbole_kd.quick_start import machine_info
+    from recbole_kd.utils import machine_info
 
     assert machine_info("cpu")["device"] == "cpu" and "gpu" not in machine_info("cpu")
     cell = next(c for c in expand(load_suite(_suite(tmp_path))) if c.label == "MF-S")

@@ -210,11 +210,11 @@ def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatc
 
 
 def test_one_seed_shows_no_spread():
-    from recbole_kd.bench import _fmt, _mean_std
+    from recbole_kd.bench import _fmt, mean_std
 
-    assert _fmt(_mean_std([0.0123])) == "0.0123"  # not "0.0123 ± 0.0000": one seed has no measured spread
-    assert _fmt(_mean_std([0.01, 0.02])) == "0.0150 ± 0.0071"
-    assert _fmt(_mean_std([None])) == "-"
+    assert _fmt(mean_std([0.0123])) == "0.0123"  # not "0.0123 ± 0.0000": one seed has no measured spread
+    assert _fmt(mean_std([0.01, 0.02])) == "0.0150 ± 0.0071"
+    assert _fmt(mean_std([None])) == "-"
 
 
 def test_data_path_option_reads_every_dataset_from_there_and_keeps_the_cells(tmp_path, monkeypatch, capsys):
