@@ -200,7 +200,7 @@ def test_zoo_command_lists_and_shows_cards(tiny_zoo, capsys):
     assert main(["zoo", "SASRec-L-tiny", f"--dir={zoo}"]) == 0
     text = capsys.readouterr().out
     assert f"tiny.inter sha256 {card['fingerprint']['files']['tiny.inter']}" in text
-    assert f"command        {TEACHER_CMD}" in text and card["weights"]["sha256"] in text
+    assert f"command            {TEACHER_CMD}" in text and card["weights"]["sha256"] in text
     assert main(["zoo", "SASRec-L-tiny", "--json", f"--dir={zoo}"]) == 0
     assert json.loads(capsys.readouterr().out)["weights"] == card["weights"]
     code, err = cli_in_process(capsys, "zoo", "nope", f"--dir={zoo}")

@@ -343,7 +343,7 @@ def card_text(card: dict) -> str:
     lines = [f"{card['name']}: {card['model']} on {card['dataset']}, {card['num_params']:,} parameters", ""]
 
     def row(label, value):
-        lines.append(f"{label:<15}{value}")
+        lines.append(f"{label:<19}{value}")
 
     for n, digest in fp["files"].items():
         row("data file", f"{n} sha256 {digest}")
