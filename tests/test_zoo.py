@@ -228,8 +228,10 @@ def test_shipped_beauty_teacher_reproduces_its_card(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     card = next(c for c in shipped_cards() if c["name"] == "SASRec-L-amazon-beauty-5core")
-    config = kd_config_for(card)
-    assert wants_pretrained(config)[0]["name"] == card["name"] and mismatch(card, config) == []
+    from recbole_kd.compat import create_dataset
+
+    config = kd_config_for(card)  # a KD-SASRec run on the shared data with default settings uses it
+    assert wants_pretrained(config)[0]["name"] == card["name"] and mismatch(card, config, create_dataset(config)) == []
     result = evaluate_checkpoints(card["dataset"], weights_path(card), {"data_path": SHARED_DATASETS})
     for protocol in ("filter_seen", "recbole"):
         assert round(result["test_result_by_protocol"][protocol]["ndcg@10"], 4) == \
@@ -241,3 +243,17 @@ def kd_config_for(card):
     from recbole_kd.config import build_config
 
     return build_config("KD-SASRec", card["dataset"], overrides={"data_path": SHARED_DATASETS, "state": "WARNING"})
+
+
+def test_bench_cells_keep_training_their_own_teacher(tmp_path):
+    """A suite's KD cell without teacher_from trains its teacher as the suite says: a pretrained teacher shipped
+    later must not change what a stored cell id means, unless the suite opts in."""
+    from recbole_kd.bench import Cell, cell_command
+
+    def command(settings):
+        cell = Cell(dataset="amazon-beauty-5core", label="KD", model="KD-SASRec", group="distilled", seed=2020,
+                    settings=settings)
+        return cell_command(cell, str(tmp_path), {})
+
+    assert "--teacher_pretrained=False" in command({})
+    assert "--teacher_pretrained=True" in command({"teacher_pretrained": True})
