@@ -109,6 +109,7 @@ def kd_config(data, zoo, **extra):
 
 def test_match_rule_and_each_mismatch_reason(tiny_zoo, tmp_path, workdir):
     from recbole_kd.compat import create_dataset
+    from recbole_kd.config import ConfigError
     from recbole_kd.zoo import mismatch, wants_pretrained
 
     data, zoo, _ = tiny_zoo
@@ -121,7 +122,10 @@ def test_match_rule_and_each_mismatch_reason(tiny_zoo, tmp_path, workdir):
         None, "teacher_config is set (command line)")
     assert wants_pretrained(kd_config(data, zoo, teacher_pretrained=False)) == (None, None)
     assert wants_pretrained(kd_config(data, zoo, teacher="BERT4Rec-L")) == (None, None)
+    (tmp_path / "empty").mkdir()
     assert wants_pretrained(kd_config(data, str(tmp_path / "empty"))) == (None, None)
+    with pytest.raises(ConfigError, match="teacher_pretrained_dir"):
+        kd_config(data, str(tmp_path / "missing"))
     # each differing part is named
     assert mismatch(card, kd_config(data, zoo, train_fraction=0.5)) == [
         "split setting train_fraction=0.5 here, None in the card"]
