@@ -253,6 +253,9 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
             settings["teacher_checkpoint"] = os.path.join(out, teacher["result"]["checkpoint"])
         else:
             settings.setdefault("teacher_dir", os.path.join(out, "work", cell.dataset, "teachers"))
+            # the suite defines a cell's teacher: a pretrained one shipped later never changes what a stored
+            # cell id means (a suite opts in with teacher_pretrained: True)
+            settings.setdefault("teacher_pretrained", False)
     if cell.model.startswith("Transfer-"):  # one source model per (source, settings, seed) for the suite
         settings.setdefault("transfer_dir", os.path.join(out, "work", cell.dataset, "transfer"))
     args = [sys.executable, "-m", "recbole_kd", f"--model={cell.model}", f"--dataset={cell.dataset}",

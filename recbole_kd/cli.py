@@ -17,6 +17,7 @@ USAGE = """usage: python -m recbole_kd --model=MODEL [--dataset=DATASET] [--conf
        python -m recbole_kd --list
        python -m recbole_kd bench SUITE.yaml [--dry-run]           (benchmark suites)
        python -m recbole_kd tune --model=M --dataset=D --space=F   (Ray Tune search; extra [tune])
+       python -m recbole_kd zoo [NAME]                             (pretrained teachers and their cards)
 
 Trains MODEL on DATASET (leave-one-out by time, full ranking) and evaluates the best-on-valid
 checkpoint on test. DATASET defaults to ml-100k, embedded in the recbole wheel (nothing is downloaded).
@@ -81,6 +82,16 @@ def list_models() -> str:
             lines.append(f"{name:<24} {kind:<10} {plugin[name].description}")
     for name, family in stock_model_names().items():
         lines.append(f"{name:<24} {'baseline':<10} RecBole {family} model (stock)")
+    from recbole_kd.checkpoint import CheckpointError
+    from recbole_kd.zoo import cards, headline
+
+    try:
+        shipped = cards()
+    except CheckpointError:  # an unreadable card: `python -m recbole_kd zoo` says which
+        shipped = []
+    for card in shipped:
+        lines.append(f"{card['name']:<24} {'pretrained':<10} {card['model']} teacher for {card['dataset']}, "
+                     f"{headline(card)} (python -m recbole_kd zoo {card['name']})")
     return "\n".join(lines)
 
 
@@ -90,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from recbole_kd.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "zoo":
+        from recbole_kd.zoo import main as zoo_main
+
+        return zoo_main(argv[1:])
     if argv and argv[0] == "tune":
         from recbole_kd.tune import main as tune_main
 

@@ -263,6 +263,12 @@ def check_kd_values(config, bad) -> None:
     cache_dir = config["kd_cache_dir"]
     if cache_dir is not None and not isinstance(cache_dir, str):
         bad("kd_cache_dir", cache_dir, "must be a folder path (or ~ for memory only)")
+    if config["teacher_pretrained"] not in (None, True, False):  # None: a KD model whose yamls lack it
+        bad("teacher_pretrained", config["teacher_pretrained"], "must be True or False")
+    pretrained_dir = config["teacher_pretrained_dir"]
+    if pretrained_dir is not None and not (isinstance(pretrained_dir, str) and os.path.isdir(pretrained_dir)):
+        bad("teacher_pretrained_dir", pretrained_dir, "must be an existing folder of pretrained-teacher entries "
+            "(or ~ for the shipped teachers)")
     gate = config["kd_gate"] or "none"
     if gate not in ("none", "topk", "rank"):
         bad("kd_gate", gate, "must be none, topk or rank")

@@ -134,7 +134,8 @@ def check_teacher_size(config, name: str, n_teacher: int, student_params: int | 
 
 
 def load_teacher(config, dataset, student_params: int | None = None):
-    """The frozen teacher for this run: ``teacher_checkpoint`` if given, else the zoo entry for
+    """The frozen teacher for this run: ``teacher_checkpoint`` if given, else the shipped pretrained
+    teacher when the run's data matches its card (:func:`pretrained_choice`), else the zoo entry for
     (teacher, dataset, teacher settings), trained first if missing (an interrupted teacher run is
     resumed). A teacher smaller than ``student_params`` is refused. Returns (model, info)."""
     from recbole_kd.config import build_config
@@ -149,9 +150,23 @@ def load_teacher(config, dataset, student_params: int | None = None):
     path = config["teacher_checkpoint"]
     if isinstance(path, (list, tuple)):  # an ensemble of trained models as the teacher
         return load_ensemble(config, dataset, list(path), student_params)
+    card = None
     if path:
         info["teacher_source"] = "checkpoint"
     else:
+        card, why = pretrained_choice(config, dataset)
+        if why:
+            info["teacher_pretrained_skipped"] = why
+    if card is not None:
+        from recbole_kd import zoo
+
+        check_teacher_size(config, f"{name} (pretrained {card['name']})", card["num_params"], student_params)
+        path = zoo.check_weights(card)
+        info["teacher_source"] = f"pretrained {card['name']}"
+        info.update(zoo.card_results(card))
+        logger.info(f"pretrained teacher: using {card['name']} (shipped with recbole-kd, its card's "
+                    f"{zoo.headline(card)}); no teacher is trained (teacher_pretrained=False trains one)")
+    elif not path:
         folder, key, path = zoo_path(config)
         if os.path.isfile(path):
             logger.info(f"teacher zoo: using cached teacher {path}")
@@ -186,8 +201,28 @@ def load_teacher(config, dataset, student_params: int | None = None):
     teacher = _load_checked(config, dataset, path, name)
     check_teacher_size(config, name, sum(p.numel() for p in teacher.parameters()), student_params)
     info["teacher_checkpoint"] = path
-    info.update(_sidecar(path))
+    if card is None:
+        info.update(_sidecar(path))
     return _freeze(teacher), info
+
+
+def pretrained_choice(config, dataset=None, log: bool = True) -> tuple[dict | None, str | None]:
+    """The shipped pretrained teacher (its card) this run uses, or None and why not (None when there is
+    nothing to say: opted out, or no entry for this teacher and dataset). An entry is used when the
+    run's data files, data-reading and split settings, window length and (given ``dataset``) item
+    vocabulary are the card's; otherwise one line says which differ and a teacher is found or trained
+    as before. ``log=False``: decide only (the phase plan)."""
+    from recbole_kd import zoo
+
+    card, why = zoo.wants_pretrained(config)
+    if card is not None:
+        differ = zoo.mismatch(card, config, dataset)
+        if differ:
+            card, why = None, f"{card['name']} was trained on other data or settings: " + "; ".join(differ)
+    if why and log:
+        getLogger().info(f"pretrained teacher not used: {why}; the teacher is found in or trained into the teacher "
+                         "zoo as before")
+    return card, why
 
 
 def _sidecar(path: str) -> dict:

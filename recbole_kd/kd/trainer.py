@@ -90,7 +90,9 @@ class DistillTrainer(KDTrainer):
 
         folder, key, path = zoo_path(config)
         if not build:
-            if not os.path.isfile(path):
+            from recbole_kd.kd.teacher import pretrained_choice
+
+            if not os.path.isfile(path) and pretrained_choice(config, log=False)[0] is None:
                 raise ConfigError(
                     f"distributed run: teacher {key} is not in {folder}, and only the machine with offset=0 "
                     "trains it; give every machine the same teacher_dir on shared storage (start offset=0 "
@@ -103,12 +105,13 @@ class DistillTrainer(KDTrainer):
         """The phases before the student's training (the teacher's, when the zoo has to train it first, and
         the teacher-output cache), and the student's label (:mod:`recbole_kd.report`)."""
         from recbole_kd.config import planned_setting
-        from recbole_kd.kd.teacher import teacher_overrides, zoo_path
+        from recbole_kd.kd.teacher import pretrained_choice, teacher_overrides, zoo_path
         from recbole_kd.report import Phase
 
         name = self.config["teacher"]
         phases = []
-        if not self.config["teacher_checkpoint"] and not os.path.isfile(zoo_path(self.config)[2]):
+        if (not self.config["teacher_checkpoint"] and not os.path.isfile(zoo_path(self.config)[2])
+                and pretrained_choice(self.config, log=False)[0] is None):
             epochs = planned_setting(name, self.config["dataset"], "epochs", teacher_overrides(self.config))
             phases.append(Phase("teacher", f"teacher {name} training", epochs=epochs if isinstance(epochs, int) else None))
         cache = "teacher-output cache" if self.kd_cache else "teacher loading (outputs computed per batch)"
