@@ -238,10 +238,13 @@ def serve_main(argv) -> int:
             import uvicorn  # noqa: F401
         except ImportError:
             raise UsageError("serve needs starlette and uvicorn: pip install 'recbole-kd[serve]'") from None
-        from recbole_kd.serving.service import serve
+        from recbole_kd.serving.service import ServeError, serve
 
-        return serve(args.artefact, host=args.host, port=args.port, threads=args.threads, max_k=args.max_k,
-                     max_history=args.max_history, max_body=args.max_body,
-                     limit_concurrency=args.limit_concurrency, log_level=args.log_level)
+        try:
+            return serve(args.artefact, host=args.host, port=args.port, threads=args.threads, max_k=args.max_k,
+                         max_history=args.max_history, max_body=args.max_body,
+                         limit_concurrency=args.limit_concurrency, log_level=args.log_level)
+        except ServeError as exc:
+            raise UsageError(str(exc)) from None
     except (UsageError, ArtefactError) as exc:
         return _fail("serve", exc)

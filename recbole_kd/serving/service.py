@@ -20,6 +20,10 @@ import torch
 from recbole_kd.serving.artefact import Artefact, RequestError
 
 
+class ServeError(Exception):
+    """The service cannot start (e.g. its port is taken): one line, exit status 2."""
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -95,10 +99,14 @@ def serve(folder: str, host: str = "127.0.0.1", port: int = 8000, threads: int =
     try:
         print(f"recbole-kd serve: {artefact.model_name} ({artefact.kind}, {artefact.n_items - 1} items) from "
               f"{folder} on http://{host}:{port}", file=sys.stderr, flush=True)
-        server.run()
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits when it cannot listen (the port is taken ...), after logging why
+            if server.started:
+                raise
+            raise ServeError(f"cannot listen on {host}:{port} (see uvicorn's message above: is the port in use?)"
+                             ) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if not server.started:  # e.g. the port is taken: uvicorn has logged why
-        return 1
     return 0
