@@ -542,3 +542,27 @@ def test_serve_without_starlette_or_uvicorn_says_what_to_install(trained, capsys
     code, line = cli_in_process(capsys, "serve", trained["seq"]["art"], "--port", "8000")
     assert code == 2 and line == "recbole-kd serve: error: serve needs starlette and uvicorn: pip install " \
                                  "'recbole-kd[serve]'"
+
+
+def test_serve_latency_benchmark_runs_on_tiny_artefacts(trained, tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import common
+    import serve_latency
+
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path / "results"))
+    histories = tmp_path / "h.jsonl"
+    histories.write_text('{"history": ["3", "4"]}\n{"history": ["9"]}\n{"user": "3"}\n')
+    monkeypatch.setattr(sys, "argv", ["serve_latency.py", trained["seq"]["art"], "--histories", str(histories),
+                                      "--clients", "1", "4", "--requests", "12", "--warmup", "2"])
+    serve_latency.main()
+    out = json.loads((tmp_path / "results" / "serve_latency.json").read_text())
+    (row,) = out["rows"]
+    assert row["model"] == "SASRec-S" and row["distinct_requests"] == 2 and row["serve_exit_status"] == 0
+    assert [level["clients"] for level in row["http"]] == [1, 4]
+    assert all(level["errors"] == 0 and level["n"] == 12 and level["p99_ms"] >= level["p50_ms"] > 0
+               for level in row["http"])
+    assert row["in_process"]["n"] >= 200
+    monkeypatch.setattr(sys, "argv", ["serve_latency.py", trained["mf"]["art"], "--histories", str(tmp_path / "no")])
+    with pytest.raises(SystemExit) as exit_:
+        serve_latency.main()
+    assert exit_.value.code == 2
