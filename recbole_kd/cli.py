@@ -18,6 +18,9 @@ USAGE = """usage: python -m recbole_kd --model=MODEL [--dataset=DATASET] [--conf
        python -m recbole_kd bench SUITE.yaml [--dry-run]           (benchmark suites)
        python -m recbole_kd tune --model=M --dataset=D --space=F   (Ray Tune search; extra [tune])
        python -m recbole_kd zoo [NAME]                             (pretrained teachers and their cards)
+       python -m recbole_kd export CHECKPOINT --out DIR            (a trained model as a self-contained artefact)
+       python -m recbole_kd recommend DIR --history "t1 t2" | --user TOK [--k 10] [--exclude-seen]
+       python -m recbole_kd serve DIR --port N                     (HTTP service; extra [serve]; docs/serving.md)
 
 Trains MODEL on DATASET (leave-one-out by time, full ranking) and evaluates the best-on-valid
 checkpoint on test. DATASET defaults to ml-100k, embedded in the recbole wheel (nothing is downloaded).
@@ -109,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from recbole_kd.tune import main as tune_main
 
         return tune_main(argv[1:])
+    if argv and argv[0] in ("export", "recommend", "serve"):
+        from recbole_kd.serving import cli as serving_cli
+
+        return getattr(serving_cli, f"{argv[0]}_main")(argv[1:])
     try:
         options, overrides, flags = parse_args(argv)
     except UsageError as exc:

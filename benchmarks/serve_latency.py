@@ -1,0 +1,214 @@
+"""Serving latency of exported models (``python -m recbole_kd export``): HTTP and in-process.
+
+For each artefact folder: starts ``python -m recbole_kd serve`` in a subprocess, then measures single-request
+latency (p50 / p99) and throughput with 1, 8 and 64 concurrent clients (threads, one keep-alive
+``http.client`` connection each), all sending the same fixed requests; plus the in-process latency of the
+artefact (no HTTP) for one request at a time.
+
+    python benchmarks/serve_latency.py ART_STUDENT ART_TEACHER [--histories FILE.jsonl] [--requests 2000]
+
+Requests: ``--histories`` (JSON lines as ``recommend --input`` reads them: {"history": [...]} or {"user": ...}),
+else ``--n_requests_pool`` histories of ``--history_length`` items (or users, for MF artefacts) drawn from the
+artefact's vocabulary with ``--seed``.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from common import REPO, fail, write_outputs
+
+
+def load_artefact(folder: str):
+    sys.path.insert(0, REPO)
+    from recbole_kd.serving.artefact import Artefact, ArtefactError
+
+    try:
+        return Artefact.load(folder)
+    except ArtefactError as exc:
+        fail(str(exc))
+
+
+def requests_for(art, path: str | None, pool: int, length: int, seed: int, k: int) -> list[dict]:
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError) as exc:
+            fail(f"--histories {path}: {exc}")
+        field = "history" if art.kind == "sequential" else "user"
+        rows = [{field: r[field], "k": k} for r in rows if isinstance(r, dict) and field in r]
+        if not rows:
+            fail(f"--histories {path} has no line with a {field!r} field for {art.folder}")
+        return rows
+    rng = random.Random(seed)
+    if art.kind == "sequential":
+        return [{"history": [rng.choice(art.items[1:]) for _ in range(length)], "k": k} for _ in range(pool)]
+    return [{"user": rng.choice(art.users[1:]), "k": k} for _ in range(pool)]
+
+
+def percentiles(seconds: list[float]) -> dict:
+    ordered = sorted(seconds)
+    at = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50_ms": 1000 * at(0.50), "p99_ms": 1000 * at(0.99), "mean_ms": 1000 * statistics.mean(ordered),
+            "n": len(ordered)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(folder: str, port: int, threads: int, concurrency: int):
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "recbole_kd", "serve", folder, "--port", str(port), "--threads",
+                             str(threads), "--limit-concurrency", str(concurrency + 16), "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            fail(f"serve {folder} exited with status {proc.returncode}: {proc.stderr.read().strip()[-300:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    fail(f"serve {folder} did not answer /health within 120 s")
+
+
+def client_load(port: int, bodies: list[bytes], clients: int, total: int) -> dict:
+    """``total`` requests spread over ``clients`` threads, each with one keep-alive connection."""
+    latencies, errors, lock = [], [], threading.Lock()
+    per_client = [total // clients + (1 if c < total % clients else 0) for c in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def work(c: int):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        barrier.wait()
+        for i in range(per_client[c]):
+            body = bodies[(c * 7919 + i) % len(bodies)]
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/recommend", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except OSError as exc:
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                response = exc
+            elapsed = time.perf_counter() - t
+            if ok:
+                mine.append(elapsed)
+            else:
+                with lock:
+                    errors.append(str(getattr(response, "status", response)))
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    out = {"clients": clients, "requests": total, "errors": len(errors), "wall_seconds": wall,
+           "throughput_rps": len(latencies) / wall if wall > 0 else None}
+    if latencies:
+        out.update(percentiles(latencies))
+    if errors:
+        out["error_examples"] = sorted(set(errors))[:5]
+    return out
+
+
+def in_process(art, requests: list[dict], reps: int) -> dict:
+    parsed = [art.parse(r) for r in requests]
+    for p, k, e in parsed[:5]:  # warm-up
+        art.top_k([p], [k], [e])
+    times = []
+    for i in range(reps):
+        p, k, e = parsed[i % len(parsed)]
+        t = time.perf_counter()
+        art.top_k([p], [k], [e])
+        times.append(time.perf_counter() - t)
+    return percentiles(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artefacts", nargs="+", help="folders written by python -m recbole_kd export")
+    ap.add_argument("--histories", help="JSON lines of requests ({\"history\": [...]} or {\"user\": ...})")
+    ap.add_argument("--n_requests_pool", type=int, default=256, help="sampled requests when there is no --histories")
+    ap.add_argument("--history_length", type=int, default=20, help="items per sampled history")
+    ap.add_argument("--seed", type=int, default=2020)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--requests", type=int, default=2000, help="requests per client level (after --warmup)")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the service and in-process runs")
+    ap.add_argument("--name", default="serve_latency", help="results file stem (benchmarks/results/<name>.json/.md)")
+    args = ap.parse_args()
+    if min(args.clients) < 1 or args.requests < 1:
+        fail("--clients and --requests must be 1 or more")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rows = []
+    for folder in args.artefacts:
+        art = load_artefact(folder)
+        requests = requests_for(art, args.histories, args.n_requests_pool, args.history_length, args.seed, args.k)
+        bodies = [json.dumps(r).encode() for r in requests]
+        row = {"artefact": os.path.abspath(folder), "model": art.model_name, "kind": art.kind,
+               "n_items": art.n_items - 1, "dataset": (art.card.get("data") or {}).get("dataset"),
+               "num_params": art.card.get("num_params"), "distinct_requests": len(requests),
+               "in_process": in_process(art, requests, max(200, args.requests // 4)), "http": []}
+        port = free_port()
+        proc = start_service(folder, port, args.threads, max(args.clients))
+        try:
+            client_load(port, bodies, 1, args.warmup)
+            for clients in args.clients:
+                row["http"].append(client_load(port, bodies, clients, args.requests))
+                print(f"{art.model_name} {clients} clients: {row['http'][-1]}", file=sys.stderr)
+        finally:
+            proc.terminate()
+            row["serve_exit_status"] = proc.wait(timeout=60)
+        rows.append(row)
+
+    lines = ["| model | dataset | params | in-process p50 / p99 ms | clients | HTTP p50 / p99 ms | requests/s | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        ip = row["in_process"]
+        for level in row["http"]:
+            lines.append(f"| {row['model']} | {row['dataset']} | {row['num_params'] or 0:,} | "
+                         f"{ip['p50_ms']:.2f} / {ip['p99_ms']:.2f} | {level['clients']} | "
+                         f"{level.get('p50_ms', float('nan')):.2f} / {level.get('p99_ms', float('nan')):.2f} | "
+                         f"{level['throughput_rps'] or 0:.0f} | {level['errors']} |")
+    note = (f"\nTop-{args.k} per request, {rows[0]['distinct_requests']} distinct requests "
+            f"({'from ' + args.histories if args.histories else f'sampled, seed {args.seed}'}), "
+            f"{args.requests} requests per client level, torch threads {args.threads}; clients are threads in the "
+            "benchmark process with one keep-alive connection each, on the same machine as the service.\n")
+    write_outputs(args.name, {"settings": vars(args), "rows": rows}, "\n".join(lines) + "\n" + note)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
