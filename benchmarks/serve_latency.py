@@ -180,6 +180,10 @@ def main():
         row = {"artefact": os.path.abspath(folder), "model": art.model_name, "kind": art.kind,
                "n_items": art.n_items - 1, "dataset": (art.card.get("data") or {}).get("dataset"),
                "num_params": art.card.get("num_params"), "distinct_requests": len(requests),
+               # where the weights came from (the artefact's card), so the report names the trained model
+               "source_checkpoint": (art.card.get("source") or {}).get("checkpoint"),
+               "source_checkpoint_sha256": (art.card.get("source") or {}).get("checkpoint_sha256"),
+               "test_ndcg@10": {p: t.get("ndcg@10") for p, t in (art.card.get("test_result_by_protocol") or {}).items()},
                "in_process": in_process(art, requests, max(200, args.requests // 4)), "http": []}
         port = free_port()
         proc = start_service(folder, port, args.threads, max(args.clients))
@@ -202,6 +206,19 @@ def main():
                          f"{ip['p50_ms']:.2f} / {ip['p99_ms']:.2f} | {level['clients']} | "
                          f"{level.get('p50_ms', float('nan')):.2f} / {level.get('p99_ms', float('nan')):.2f} | "
                          f"{level['throughput_rps'] or 0:.0f} | {level['errors']} |")
+    lines += ["", "| model | trained weights (source checkpoint, sha256) | test NDCG@10 on its card |", "|---|---|---|"]
+    for row in rows:
+        ndcg = ", ".join(f"{v:.4f} ({p})" for p, v in row["test_ndcg@10"].items() if v is not None) or "-"
+        lines.append(f"| {row['model']} | {os.path.basename(row['source_checkpoint'] or '-')} "
+                     f"({(row['source_checkpoint_sha256'] or '-')[:12]}) | {ndcg} |")
+    if len(rows) > 1:  # the first artefact against each other one, level by level
+        first = rows[0]
+        lines += ["", f"Ratios, {first['model']} over each other artefact: throughput (requests/s) and in-process p50.", ""]
+        for other in rows[1:]:
+            ratios = [f"{a['clients']} clients {a['throughput_rps'] / b['throughput_rps']:.2f}x"
+                      for a, b in zip(first["http"], other["http"]) if a["throughput_rps"] and b["throughput_rps"]]
+            lines.append(f"- vs {other['model']}: throughput {', '.join(ratios)}; in-process p50 "
+                         f"{other['in_process']['p50_ms'] / first['in_process']['p50_ms']:.2f}x faster")
     note = (f"\nTop-{args.k} per request, {rows[0]['distinct_requests']} distinct requests "
             f"({'from ' + args.histories if args.histories else f'sampled, seed {args.seed}'}), "
             f"{args.requests} requests per client level, torch threads {args.threads}; clients are threads in the "

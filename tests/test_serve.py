@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -562,6 +563,9 @@ def test_serve_latency_benchmark_runs_on_tiny_artefacts(trained, tmp_path, monke
     assert all(level["errors"] == 0 and level["n"] == 12 and level["p99_ms"] >= level["p50_ms"] > 0
                for level in row["http"])
     assert row["in_process"]["n"] >= 200
+    card = json.loads((Path(trained["seq"]["art"]) / "card.json").read_text())
+    assert row["source_checkpoint_sha256"] == card["source"]["checkpoint_sha256"]  # the report names its weights
+    assert card["source"]["checkpoint_sha256"][:12] in (tmp_path / "results" / "serve_latency.md").read_text()
     monkeypatch.setattr(sys, "argv", ["serve_latency.py", trained["mf"]["art"], "--histories", str(tmp_path / "no")])
     with pytest.raises(SystemExit) as exit_:
         serve_latency.main()
