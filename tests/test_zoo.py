@@ -134,14 +134,7 @@ def test_match_rule_and_each_mismatch_reason(tiny_zoo, tmp_path, workdir):
     other_vocab = {**card, "fingerprint": {**card["fingerprint"], "item_vocab": "0" * 16}}
     (reason,) = mismatch(other_vocab, config, create_dataset(config))
     assert reason.startswith("item vocabulary") and reason.endswith("0" * 16 + " in the card")
-    changed = write_tiny_dataset(tmp_path / "changed")
-    inter = os.path.join(changed, "tiny", "tiny.inter")
-    with open(inter) as f:
-        lines = f.read().splitlines()
-    user, item, ts = lines[5].split("\t")
-    lines[5] = f"{user}\t{item}\t{float(ts) + 0.5}"
-    with open(inter, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    changed = tiny_data_with_one_change(tmp_path)
     (reason,) = mismatch(card, kd_config(changed, zoo))
     assert reason.startswith("tiny.inter differs (sha256 ")
     with open(os.path.join(changed, "tiny", "tiny.item"), "w") as f:  # a file the run reads but the card lacks
@@ -150,6 +143,19 @@ def test_match_rule_and_each_mismatch_reason(tiny_zoo, tmp_path, workdir):
                                                                        "item": ["item_id"]}))
     assert files == "data files: this run reads ['tiny.inter', 'tiny.item'], the teacher was trained on ['tiny.inter']"
     assert load_col.startswith("load_col={'inter': ['user_id', 'item_id', 'timestamp'], 'item': ['item_id']} here, ")
+
+
+def tiny_data_with_one_change(tmp_path):
+    """The tiny dataset again, one interaction's timestamp moved by half a second."""
+    changed = write_tiny_dataset(tmp_path / "changed")
+    inter = os.path.join(changed, "tiny", "tiny.inter")
+    with open(inter) as f:
+        lines = f.read().splitlines()
+    user, item, ts = lines[5].split("\t")
+    lines[5] = f"{user}\t{item}\t{float(ts) + 0.5}"
+    with open(inter, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return changed
 
 
 def kd_cli(data, zoo, tmp_path, tag):
@@ -174,14 +180,7 @@ def test_kd_run_uses_the_pretrained_teacher_only_on_matching_data(tiny_zoo, tmp_
     assert "training SASRec-L" not in log
 
     # the same data with one interaction changed: a teacher is trained, and the log says why
-    changed = write_tiny_dataset(tmp_path / "changed")
-    inter = os.path.join(changed, "tiny", "tiny.inter")
-    with open(inter) as f:
-        lines = f.read().splitlines()
-    user, item, ts = lines[5].split("\t")
-    lines[5] = f"{user}\t{item}\t{float(ts) + 0.5}"
-    with open(inter, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    changed = tiny_data_with_one_change(tmp_path)
     result, log = kd_cli(changed, zoo, tmp_path, "changed")
     assert result["teacher_source"] == "trained"
     assert result["teacher_pretrained_skipped"].startswith("SASRec-L-tiny was trained on other data or settings: "

@@ -17,13 +17,13 @@ and settings match the card (:func:`mismatch`), see docs/distillation.md ("Pretr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
 
 from recbole_kd.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint, plain
+from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 CARD_FILE = "card.json"
@@ -85,14 +85,6 @@ def find(folder: str, model: str, dataset: str) -> dict | None:
 
 def weights_path(card: dict) -> str:
     return os.path.join(card["_dir"], card["weights"]["file"])
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_weights(card: dict) -> str:
