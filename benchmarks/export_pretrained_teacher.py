@@ -24,7 +24,8 @@ sys.path.insert(0, REPO)
 
 from recbole_kd.checkpoint import CheckpointError  # noqa: E402
 from recbole_kd.errors import USER_ERRORS  # noqa: E402
-from recbole_kd.zoo import PRETRAINED_DIR, card_text, export_teacher  # noqa: E402
+from recbole_kd.zoo import PRETRAINED_DIR, card_text  # noqa: E402
+from recbole_kd.zoo.export import export_teacher  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ from common import RESULTS, fail, run_cell, write_outputs
 
 from recbole_kd.utils import mean_std
 
-from recbole_kd.kd.teacher import distilled_from_raw_top_k
+from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
 
 ALL_LOSSES = ["hard", "soft", "soft_full", "rd", "rrd", "hint"]
 DEFAULT_CELLS = ["student"] + [f"kd:{l}" for l in ALL_LOSSES] + ["kd:combo", "mf", "kd-mf"]

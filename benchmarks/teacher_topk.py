@@ -60,7 +60,8 @@ def main():
             sys.exit(2)
 
     from recbole_kd.config import build_config
-    from recbole_kd.kd.teacher import TeacherOutputs, load_teacher
+    from recbole_kd.kd.outputs import TeacherOutputs
+    from recbole_kd.kd.teacher import load_teacher
     from recbole_kd.models.windows import OWN_FROM_FIELD, WINDOW_FIELD
     from recbole_kd.quick_start import prepare
 

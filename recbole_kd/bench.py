@@ -64,7 +64,11 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from recbole_kd.config import ConfigError, build_config
+from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
+from recbole_kd.models.distill import ALIASES
 from recbole_kd.protocol import FILTER_SEEN, PROTOCOLS, RECBOLE
+from recbole_kd.registry import UnknownModelError, get_entry
 from recbole_kd.utils import git_commit, machine_info, mean_std, write_json_atomic, write_text_atomic
 
 GROUPS = ("baseline", "teacher", "student", "distilled", "transfer")
@@ -173,9 +177,6 @@ def check_cells(cells: list[Cell], where: str) -> None:
     """Every cell's model and settings, checked as the CLI checks them (unknown keys are errors here),
     before any cell runs: a typo in a late row would otherwise surface hours into the suite. The data is
     not read (a dataset converted later, or on another machine, is fine)."""
-    from recbole_kd.config import ConfigError, build_config
-    from recbole_kd.registry import UnknownModelError
-
     seen = set()
     cuda = os.environ.get("CUDA_VISIBLE_DEVICES")  # RecBole's Config sets it; the cells set their own
     try:
@@ -226,8 +227,6 @@ def cell_record(out: str, cell: Cell) -> dict | None:
 def _stale_kd(rec: dict, cell: Cell) -> bool:
     """A distilled cell stored before ``kd_mask_seen`` was distilled from the teacher's raw top-K, seen
     items included: it is run again, not reported as today's method."""
-    from recbole_kd.kd.teacher import distilled_from_raw_top_k
-
     wants_mask = bool((cell.settings or {}).get("kd_mask_seen", True))
     return wants_mask and distilled_from_raw_top_k(cell.model, rec.get("result") or {})
 
@@ -680,8 +679,6 @@ def _in_noise(ref, protocol) -> bool:
 def _sequential(model: str) -> bool | None:
     from recbole.utils import ModelType
 
-    from recbole_kd.registry import get_entry
-
     try:
         return get_entry(model).cls.type == ModelType.SEQUENTIAL
     except Exception:  # an unknown model: its row failed to run anyway
@@ -705,8 +702,6 @@ def _student_ref(row, same):
         return row
     name = row["model"]
     if name.startswith("KD-"):
-        from recbole_kd.models.distill import ALIASES
-
         name = ALIASES[name][0] if name in ALIASES else name[3:]
     return next((r for r in same if r["model"] == name and r["group"] == "student"), None)
 

@@ -21,16 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from recbole_kd.errors import CheckpointError, CheckpointWriteError  # noqa: F401  (also importable from here)
+
 FORMAT = "recbole-kd-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message says what, which file and what to do."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (read-only folder, disk full); the previous one is kept."""
 
 
 def plain(value: Any) -> Any:

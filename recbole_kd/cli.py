@@ -9,6 +9,25 @@ from __future__ import annotations
 
 import sys
 
+from recbole_kd import report
+from recbole_kd.args import parse_args
+from recbole_kd.bench import main as bench_main
+from recbole_kd.checkpoint import CheckpointError
+from recbole_kd.errors import USER_ERRORS, TrainingError, UsageError  # noqa: F401  (also importable from here)
+from recbole_kd.quick_start import run
+from recbole_kd.registry import (
+    KINDS,
+    UnknownModelError,
+    derived_entries,
+    load_plugin_files,
+    registered,
+    stock_model_names,
+)
+from recbole_kd.serving import cli as serving_cli
+from recbole_kd.tune import main as tune_main
+from recbole_kd.zoo import cards, headline
+from recbole_kd.zoo import main as zoo_main
+
 DEFAULT_DATASET = "ml-100k"  # embedded: ships inside the recbole wheel
 
 USAGE = """usage: python -m recbole_kd --model=MODEL [--dataset=DATASET] [--config_files=a.yaml,b.yaml]
@@ -38,44 +57,7 @@ Exit status: 0 done, 2 bad input (usage, config, data, checkpoint), 3 training f
 130 interrupted (Ctrl-C; continue with --resume).
 """
 
-# keys the CLI consumes itself (not passed to RecBole's Config)
-CLI_KEYS = {"model", "dataset", "config_files", "result_file", "plugins"}
-
-
-class UsageError(Exception):
-    pass
-
-
-def parse_args(argv: list[str]) -> tuple[dict, dict, set]:
-    """Split argv into CLI options, config overrides and flags."""
-    options, overrides, flags = {}, {}, set()
-    for arg in argv:
-        if arg in ("-h", "--help"):
-            flags.add("help")
-        elif arg in ("-l", "--list"):
-            flags.add("list")
-        elif arg in ("--resume", "--strict"):
-            overrides[arg[2:]] = True
-        elif arg in ("--json", "--verbose", "-v"):
-            flags.add("verbose" if arg == "-v" else arg[2:])
-        elif arg.split("=", 1)[0] in ("--json", "--verbose"):
-            raise UsageError(f"{arg.split('=', 1)[0]} takes no value (got {arg!r})")
-        elif arg.startswith("--") and "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            if not key:
-                raise UsageError(f"malformed argument {arg!r}; expected --key=value")
-            target = options if key in CLI_KEYS else overrides
-            if key in target and target[key] != value:
-                raise UsageError(f"argument --{key} given twice with different values")
-            target[key] = value
-        else:
-            raise UsageError(f"unrecognised argument {arg!r}; expected --key=value (see --help)")
-    return options, overrides, flags
-
-
 def list_models() -> str:
-    from recbole_kd.registry import KINDS, derived_entries, registered, stock_model_names
-
     lines = []
     plugin = dict(registered())
     plugin.update(derived_entries())
@@ -85,9 +67,6 @@ def list_models() -> str:
             lines.append(f"{name:<24} {kind:<10} {plugin[name].description}")
     for name, family in stock_model_names().items():
         lines.append(f"{name:<24} {'baseline':<10} RecBole {family} model (stock)")
-    from recbole_kd.checkpoint import CheckpointError
-    from recbole_kd.zoo import cards, headline
-
     try:
         shipped = cards()
     except CheckpointError:  # an unreadable card: `python -m recbole_kd zoo` says which
@@ -101,20 +80,12 @@ def list_models() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
-        from recbole_kd.bench import main as bench_main
-
         return bench_main(argv[1:])
     if argv and argv[0] == "zoo":
-        from recbole_kd.zoo import main as zoo_main
-
         return zoo_main(argv[1:])
     if argv and argv[0] == "tune":
-        from recbole_kd.tune import main as tune_main
-
         return tune_main(argv[1:])
     if argv and argv[0] in ("export", "recommend", "serve"):
-        from recbole_kd.serving import cli as serving_cli
-
         return getattr(serving_cli, f"{argv[0]}_main")(argv[1:])
     try:
         options, overrides, flags = parse_args(argv)
@@ -125,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if options.get("plugins"):
-        from recbole_kd.registry import UnknownModelError, load_plugin_files
-
         try:
             load_plugin_files([p for p in options["plugins"].split(",") if p])
         except UnknownModelError as exc:
@@ -138,10 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     if "model" not in options:
         print("recbole-kd: error: missing --model (see --help; --list shows the models)", file=sys.stderr)
         return 2
-
-    from recbole_kd import report
-    from recbole_kd.errors import USER_ERRORS, TrainingError
-    from recbole_kd.quick_start import run
 
     config_files = [f for f in options.get("config_files", "").split(",") if f]
     result_file = options.get("result_file")

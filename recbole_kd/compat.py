@@ -116,6 +116,8 @@ import types
 
 import numpy as np
 
+from recbole_kd.report import user_warning
+
 _APPLIED = False
 
 
@@ -378,8 +380,6 @@ def patch_ensure_dir() -> None:
 def _pickle_ignored(path: str, what: str) -> None:
     if path and os.path.exists(path):
         from logging import getLogger
-
-        from recbole_kd.report import user_warning
 
         user_warning(f"ignoring {path}: recbole-kd never loads a pickled {what} (unpickling runs code); "
                      "it is built from the atomic files", getLogger())

@@ -21,20 +21,15 @@ compat.apply()
 
 from recbole.config import Config  # noqa: E402
 
+from recbole_kd.datasets.validate import validate_dataset  # noqa: E402
+from recbole_kd.errors import ConfigError, UnknownDatasetError  # noqa: E402
 from recbole_kd.registry import get_entry  # noqa: E402
+from recbole_kd.settings_check import check_unknown_keys, check_values  # noqa: E402
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS_YAML = os.path.join(PACKAGE_DIR, "configs", "defaults.yaml")
 STOCK_CE_YAML = os.path.join(PACKAGE_DIR, "configs", "stock_ce.yaml")
 DATASET_YAML_DIR = os.path.join(PACKAGE_DIR, "configs", "datasets")
-
-
-class ConfigError(Exception):
-    pass
-
-
-class UnknownDatasetError(Exception):
-    pass
 
 
 @contextlib.contextmanager
@@ -238,8 +233,6 @@ def check_user_settings(config, config_files=(), overrides=None, overrides_sourc
     """Unknown keys the user set (warning, or error with ``strict``) and invalid values (error). In a nested
     run (a teacher's, a source model's: ``overrides_source`` names each key's origin), keys shared with the
     outer run were checked there."""
-    from recbole_kd.settings_check import check_unknown_keys, check_values
-
     user_keys = set(overrides or {})
     strict = bool(config["strict"])
     if isinstance(overrides_source, dict):
@@ -268,6 +261,4 @@ def check_dataset_present(config) -> None:
             f"dataset {dataset!r} not found: searched {os.path.abspath(inter)}; "
             "pass --data_path=DIR where DIR/{0}/{0}.inter exists (e.g. --data_path=../shared/datasets)".format(dataset)
         )
-    from recbole_kd.datasets.validate import validate_dataset
-
     validate_dataset(config)  # malformed atomic files: one DataValidationError line, not a pandas traceback

@@ -13,14 +13,17 @@ from recbole_kd.config import build_config
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402  (its pickle loading is disabled by compat)
-from recbole.utils import dict2str, init_logger, init_seed, set_color  # noqa: E402
+from recbole.data.interaction import Interaction  # noqa: E402
+from recbole.utils import ModelType, dict2str, init_logger, init_seed, set_color  # noqa: E402
 
-from recbole_kd import report  # noqa: E402
+from recbole_kd import distributed, report  # noqa: E402
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.compat import create_dataset  # noqa: E402  (never unpickles a saved dataset)
+from recbole_kd.errors import ConfigError  # noqa: E402
+from recbole_kd.launch import launch  # noqa: E402
 from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
 from recbole_kd.registry import get_entry, get_trainer  # noqa: E402
-from recbole_kd.utils import machine_info, write_json_atomic  # noqa: E402
+from recbole_kd.utils import count_parameters, keep_recent, machine_info, write_json_atomic  # noqa: E402,F401
 
 CL_KEYS = ("cl_weight", "cl_temperature")  # recorded when the contrastive regulariser is on
 ESSENTIAL_KEYS = (
@@ -43,10 +46,6 @@ ESSENTIAL_KEYS = (
     "kd_losses",
     "filter_seen",
 )
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _floats(result) -> dict | None:
@@ -84,18 +83,7 @@ def prepare(config):
     return dataset, train_data, valid_data, test_data
 
 
-def keep_recent(n: int, fraction) -> int:
-    """How many of a user's ``n`` training interactions the low-resource setting keeps."""
-    import math
-
-    return n if fraction is None or fraction >= 1 else max(1, math.ceil(fraction * n))
-
-
 def _reduce_training(config, train_data, fraction):
-    from recbole.utils import ModelType
-
-    from recbole_kd.config import ConfigError
-
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         raise ConfigError(
             f"train_fraction is supported for our windowed sequential models and general models, not for "
@@ -142,12 +130,10 @@ def run(
     if result_file:
         check_result_file(result_file)  # before any work: a result that cannot be written is lost
     config = build_config(model, dataset, config_files, overrides, overrides_source=overrides_source)
-    from recbole_kd import distributed
-
     _DEPTH += 1
     try:
         if "local_rank" not in (overrides or {}) and distributed.requested(config):
-            return distributed.launch(config, model, dataset, config_files, overrides, saved, result_file, verbose)
+            return launch(run, config, model, dataset, config_files, overrides, saved, result_file, verbose)
         return _run(config, saved, result_file, verbose, top)
     finally:
         _DEPTH -= 1
@@ -156,8 +142,6 @@ def run(
 
 
 def _run(config, saved: bool, result_file: str | None, verbose: bool, top: bool) -> dict | None:
-    from recbole_kd import distributed
-
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
     handlers_before = set(logger.handlers)
@@ -257,9 +241,6 @@ def _run(config, saved: bool, result_file: str | None, verbose: bool, top: bool)
 
 def latency_batch(model, test_data, n_users: int = 256):
     """A full-sort input for ``n_users`` test users (sequential: their histories; else: user ids)."""
-    from recbole.data.interaction import Interaction
-    from recbole.utils import ModelType
-
     ds = test_data.dataset
     if model.type == ModelType.SEQUENTIAL:
         return ds.inter_feat[: min(n_users, len(ds.inter_feat))]
@@ -304,8 +285,6 @@ def cost_report(model, test_data, checkpoint: str | None) -> dict:
 def check_result_file(path: str) -> None:
     """Refuse (``ConfigError``, one line) a result file that could not be written after training: a folder,
     a path under a file, or a place where no file can be created."""
-    from recbole_kd.config import ConfigError
-
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ConfigError(f"result file {path} is a folder; pass a file path, e.g. "

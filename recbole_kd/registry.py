@@ -21,11 +21,10 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Callable
 
+from recbole_kd.errors import UnknownModelError  # noqa: F401  (also importable from here)
+from recbole_kd.trainer import KDTrainerMixin
+
 KINDS = ("baseline", "teacher", "student", "distilled", "transfer")
-
-
-class UnknownModelError(Exception):
-    pass
 
 
 @dataclass
@@ -163,8 +162,14 @@ def registered(kind: str | None = None) -> dict[str, ModelEntry]:
     return {n: e for n, e in _REGISTRY.items() if kind is None or e.kind == kind}
 
 
+# our model modules, in order: the students and teachers, then the entries derived from them (distilled,
+# transfer), whose trainers import the students' modules
+PLUGIN_MODULES = ("recbole_kd.models", "recbole_kd.models.distill", "recbole_kd.models.transfer")
+
+
 def _load_plugins():
-    importlib.import_module("recbole_kd.models")
+    for name in PLUGIN_MODULES:
+        importlib.import_module(name)
 
 
 # ---- RecBole's stock models ---------------------------------------------------------------------
@@ -247,8 +252,6 @@ def get_trainer(model_type, model_name: str) -> type:
     """Trainer class for a model: the registered one, else RecBole's choice; always with our
     safe-checkpoint and timing hooks mixed in."""
     from recbole.utils import get_trainer as recbole_get_trainer
-
-    from recbole_kd.trainer import KDTrainerMixin
 
     entry = get_entry(model_name)
     base = entry.trainer or recbole_get_trainer(model_type, model_name)

@@ -16,7 +16,19 @@ import glob
 import os
 from numbers import Number
 
+import recbole
 import yaml
+from recbole.evaluator.register import metric_information
+from recbole.utils import ModelType
+
+from recbole_kd.errors import ConfigError
+from recbole_kd.kd import losses  # noqa: F401  (importing it registers the built-in KD losses)
+from recbole_kd.kd.base import KD_LOSSES, resolve_mask_seen
+from recbole_kd.registry import derived_entries, get_entry, registered
+from recbole_kd.report import user_warning
+from recbole_kd.transfer.spec import parse_mechanisms, source_spec
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # keys RecBole or its distributed mode set or read without a yaml default
 _RUNTIME_KEYS = {
@@ -37,10 +49,6 @@ def _yaml_keys(path: str) -> set[str]:
 
 @functools.lru_cache(maxsize=1)
 def _static_known_keys() -> frozenset:
-    import recbole
-
-    from recbole_kd.config import PACKAGE_DIR
-
     props = os.path.join(os.path.dirname(recbole.__file__), "properties")
     keys = set(_RUNTIME_KEYS)
     for path in glob.glob(os.path.join(props, "**", "*.yaml"), recursive=True):
@@ -52,8 +60,6 @@ def _static_known_keys() -> frozenset:
 
 def known_keys() -> set[str]:
     """Every setting recbole-kd or RecBole reads (registered plugin models' yamls included)."""
-    from recbole_kd.registry import derived_entries, registered
-
     keys = set(_static_known_keys())
     entries = dict(registered())
     entries.update(derived_entries())
@@ -65,8 +71,6 @@ def known_keys() -> set[str]:
 
 def check_unknown_keys(user_keys, strict: bool, where: str = "") -> list[str]:
     """Warn (or, strict, raise) for keys nobody reads. Returns the warning lines."""
-    from recbole_kd.config import ConfigError
-
     known = known_keys()
     lines = []
     for key in sorted(set(user_keys) - known):
@@ -75,8 +79,6 @@ def check_unknown_keys(user_keys, strict: bool, where: str = "") -> list[str]:
         lines.append(f"unknown setting {key!r}{where}{hint}")
     if lines and strict:
         raise ConfigError(lines[0] + " (strict: unknown settings are errors)")
-    from recbole_kd.report import user_warning
-
     for line in lines:
         user_warning(line)  # now on stderr, and again in the run's final summary
     return lines
@@ -97,8 +99,6 @@ _PROBABILITIES = ("hidden_dropout_prob", "attn_dropout_prob", "dropout_prob", "m
 
 def check_values(config) -> None:  # noqa: C901
     """Refuse values that cannot be right, naming the key, the value and what is allowed."""
-    from recbole_kd.config import ConfigError
-
     def bad(key, value, allowed):
         raise ConfigError(f"invalid setting {key}={value!r}: {allowed}")
 
@@ -131,8 +131,6 @@ def check_values(config) -> None:  # noqa: C901
             bad("kd_losses", get("kd_losses"), f"only distilled models use it; {hint} or drop kd_losses")
         check_kd_values(config, bad)
     if get("transfer_mechanisms") is not None:
-        from recbole_kd.transfer.trainer import parse_mechanisms, source_spec
-
         parse_mechanisms(config)
         source_spec(config)
         freeze = get("transfer_freeze_epochs")
@@ -180,9 +178,6 @@ RECBOLE_LOSS_TYPES = ("CE", "BPR", "BCE", "MSE")
 
 
 def check_loss_type(config, bad) -> None:
-    from recbole_kd.models.sasrec import WindowedSequentialModel
-    from recbole_kd.registry import get_entry
-
     loss = config["loss_type"] if "loss_type" in config else None
     if loss is None:
         return
@@ -190,9 +185,10 @@ def check_loss_type(config, bad) -> None:
         cls = get_entry(config["model"]).cls
     except Exception:  # an unknown model is reported by its own check
         return
-    if isinstance(cls, type) and issubclass(cls, WindowedSequentialModel):
-        if loss not in ("CE", "sampled"):
-            bad("loss_type", loss, f"{config['model']} takes CE or sampled")
+    own = getattr(cls, "LOSS_TYPES", None)  # our windowed sequential models name theirs
+    if own is not None:
+        if loss not in own:
+            bad("loss_type", loss, f"{config['model']} takes {' or '.join(own)}")
     elif loss not in RECBOLE_LOSS_TYPES:
         bad("loss_type", loss, "must be CE or BPR (BCE or MSE for the RecBole models that use them)")
 
@@ -212,8 +208,6 @@ def check_valid_metric(config, bad) -> None:
     metrics = [str(m).lower() for m in _as_list(config["metrics"] if "metrics" in config else None)]
     topk = _as_list(config["topk"] if "topk" in config else None)
     allowed = [f"{m}@{k}" for m in metrics for k in topk]
-    from recbole.evaluator.register import metric_information
-
     # metrics over the top-k list are reported as name@k; the others (auc, gauc, mae ...) by name alone
     value_metrics = [m for m in metrics if m in metric_information
                      and not {"rec.topk", "rec.items"} & set(metric_information[m])]
@@ -225,8 +219,6 @@ def check_valid_metric(config, bad) -> None:
 
 
 def _kind(model) -> str | None:
-    from recbole_kd.registry import get_entry
-
     try:
         return get_entry(model).kind
     except Exception:  # an unknown model is reported by its own check
@@ -234,15 +226,11 @@ def _kind(model) -> str | None:
 
 
 def check_kd_values(config, bad) -> None:
-    from recbole_kd.kd.base import KD_LOSSES, get_kd_loss
-    from recbole_kd.registry import get_entry
-
     spec = config["kd_losses"]
     if isinstance(spec, str):
         spec = {spec: 1.0}
     if not isinstance(spec, dict) or not spec:
         bad("kd_losses", spec, "must map KD loss names to weights, e.g. {soft: 1.0}")
-    get_kd_loss("soft")  # loads the built-in losses
     for name, weight in spec.items():
         if name not in KD_LOSSES:
             bad("kd_losses", name, f"unknown KD loss; available: {', '.join(sorted(KD_LOSSES))}")
@@ -276,10 +264,6 @@ def check_kd_values(config, bad) -> None:
     if mask not in (None, True, False):
         bad("kd_mask_seen", mask, "must be True, False or ~ (follow the evaluation protocol)")
     if gate != "none":
-        from recbole.utils import ModelType
-
-        from recbole_kd.kd.trainer import resolve_mask_seen
-
         student = get_entry(config["model"]).cls
         windowed = hasattr(student, "build_train_dataloader")
         if not windowed and resolve_mask_seen(config, student.type == ModelType.SEQUENTIAL):

@@ -27,7 +27,6 @@ from recbole.utils import set_color
 
 from recbole_kd import distributed, report
 from recbole_kd import protocol as protocols
-
 from recbole_kd.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -39,11 +38,7 @@ from recbole_kd.checkpoint import (
     rng_state,
     set_rng_state,
 )
-
-
-class TrainingError(Exception):
-    """Training cannot go on (e.g. a NaN loss); the CLI prints it as one line and exits with status 3."""
-
+from recbole_kd.errors import TrainingError  # noqa: F401  (also importable from here)
 
 # settings that do not change what a run computes: a run resumed with other values of these is the
 # same run (``epochs`` included, so a finished or interrupted run can be extended)

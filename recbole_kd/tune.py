@@ -32,17 +32,20 @@ import os
 import sys
 import time
 
-from recbole_kd.cli import UsageError, parse_args
+from recbole_kd import compat
+from recbole_kd.args import parse_args
+from recbole_kd.config import build_config
+from recbole_kd.errors import USER_ERRORS, SpaceError, TrainingError, UsageError
+from recbole_kd.launch import prepare_shared
+from recbole_kd.quick_start import run
+from recbole_kd.registry import load_plugin_files
+from recbole_kd.settings_check import check_unknown_keys
 from recbole_kd.utils import write_json_atomic, write_text_atomic
 
 USAGE = """usage: python -m recbole_kd tune --model=MODEL --dataset=DATASET --space=FILE [--samples=N]
                                [--out=DIR] [--cpus_per_trial=1] [--max_concurrent=N] [--key=value ...]"""
 
 TUNE_KEYS = ("space", "samples", "out", "cpus_per_trial", "max_concurrent", "num_cpus")
-
-
-class SpaceError(ValueError):
-    pass
 
 
 def _numbers(value: str, n: int, usage: str) -> list[float]:
@@ -128,10 +131,6 @@ def trial(params, *, model, dataset, config_files, overrides, out, plugins, thre
     import torch
     from ray.air import session
 
-    from recbole_kd import compat
-    from recbole_kd.quick_start import run
-    from recbole_kd.registry import load_plugin_files
-
     compat.apply()
     torch.set_num_threads(threads)
     if plugins:
@@ -174,8 +173,6 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"recbole-kd tune: error: missing --{' and --'.join(missing)}\n{USAGE}", file=sys.stderr)
         return 2
-    from recbole_kd.errors import USER_ERRORS, TrainingError
-
     try:
         summary = tune_model(
             options["model"], options["dataset"], options["space"],
@@ -201,11 +198,6 @@ def main(argv: list[str]) -> int:
 
 def tune_model(model, dataset, space_file, config_files=(), overrides=None, samples=None, out=None,
                cpus_per_trial=1, max_concurrent=None, num_cpus=None, plugins=()):
-    from recbole_kd import compat
-    from recbole_kd.config import build_config
-    from recbole_kd.distributed import prepare_shared
-    from recbole_kd.registry import load_plugin_files
-
     space = parse_space(space_file)
     if plugins:
         load_plugin_files(plugins)
@@ -217,8 +209,6 @@ def tune_model(model, dataset, space_file, config_files=(), overrides=None, samp
     config_files = [os.path.abspath(f) for f in config_files]
     # check the base settings and every sampled key now (one clear error, before Ray starts)
     config = build_config(model, dataset, config_files, overrides)
-    from recbole_kd.settings_check import check_unknown_keys
-
     check_unknown_keys(set(space), bool(config["strict"]), where=" in the search space")
     prepare_shared(config)  # a distilled model's teacher / a transfer model's source: once, for all trials
 

@@ -1,8 +1,10 @@
 """Small helpers with no dependency on the rest of the package: atomic file writes, what machine and
-commit a result came from, mean and spread over seeds. Every module and benchmark script uses these."""
+commit a result came from, mean and spread over seeds, parameter counts, the low-resource rule. Every module
+and benchmark script uses these."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -85,3 +87,14 @@ def mean_std(values) -> tuple:
     if not values:
         return None, None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def count_parameters(model) -> int:
+    """Trainable parameters of a torch module."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def keep_recent(n: int, fraction) -> int:
+    """How many of a user's ``n`` training interactions the low-resource setting (``train_fraction``) keeps:
+    the most recent ``ceil(fraction * n)``, at least one."""
+    return n if fraction is None or fraction >= 1 else max(1, math.ceil(fraction * n))

@@ -124,7 +124,7 @@ def test_cli_one_epoch_on_ml100k(model, zoo, tmp_path):
 
 
 def test_ensemble_teacher_averages_member_log_probs_and_runs(tiny_data, zoo, workdir, tmp_path):
-    from recbole_kd.kd.teacher import EnsembleTeacher
+    from recbole_kd.kd.ensemble import EnsembleTeacher
     from recbole_kd.quick_start import run
 
     ckpts = []
@@ -262,7 +262,7 @@ def test_teacher_top_k_never_holds_an_item_the_row_has_seen(teacher, tiny_data, 
 def test_runs_distilled_from_the_raw_top_k_are_told_apart():
     """Stored runs from before kd_mask_seen: a windowed student's top-K losses read seen items; hint
     reads no top-K, and an MF student's users always had their training items masked."""
-    from recbole_kd.kd.teacher import distilled_from_raw_top_k as raw
+    from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k as raw
 
     assert raw("KD-SASRec", {"kd_losses": {"rd": 1.0}})
     assert raw("KD-SASRec", {"kd_losses": {"rrd": 1.0, "hint": 1.0}, "kd_mask_seen": False})
@@ -291,7 +291,7 @@ def test_low_resource_student_gets_a_low_resource_teacher_from_the_zoo(tiny_data
     the same 20 %, never on the full training data."""
     import torch as _torch
 
-    from recbole_kd.kd.teacher import zoo_path
+    from recbole_kd.kd.teacher_spec import zoo_path
 
     full, _, _ = make_trainer("KD-SASRec", tiny_data, zoo)
     low, _, _ = make_trainer("KD-SASRec", tiny_data, zoo, train_fraction=0.2)

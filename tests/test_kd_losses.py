@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from recbole_kd.kd.base import KD_LOSSES, KDInputs, get_kd_loss
+from recbole_kd.kd.base import KD_LOSSES, KDInputs
+from recbole_kd.kd.losses import get_kd_loss
 from recbole_kd.kd.gate import gate_weights, weighted_mean
 from recbole_kd.kd.losses import hard, hint, rd, rrd, soft, soft_full  # noqa: F401
 

@@ -81,7 +81,7 @@ def test_ml1m_dataset_yaml_gives_its_settings_to_student_and_teacher():
     """`--dataset=ml-1m` alone: max length 200, dropout 0.2, patience 10 for the model and the teacher a
     KD run trains (the dataset yaml applies to both); other datasets keep the package defaults."""
     from recbole_kd.config import build_config
-    from recbole_kd.kd.teacher import teacher_overrides
+    from recbole_kd.kd.teacher_spec import teacher_overrides
 
     student = build_config("KD-SASRec", "ml-1m", check_data=False)
     teacher = build_config("SASRec-L", "ml-1m", overrides=teacher_overrides(student), check_data=False)

@@ -63,7 +63,7 @@ CACHE_SCRIPT = textwrap.dedent(
         import recbole_kd
         from recbole_kd.config import build_config
         from recbole_kd.quick_start import prepare
-        from recbole_kd.kd.teacher import TeacherOutputs
+        from recbole_kd.kd.outputs import TeacherOutputs
         from recbole_kd.models.sasrec import SASRecL
 
         config = build_config("SASRec-S", "tiny", overrides={"data_path": data, "state": "WARNING"})

@@ -52,7 +52,7 @@ def tiny_zoo(tmp_path_factory):
     """A pretrained entry made the way the shipped ones are: SASRec-L trained 1 epoch on the tiny data,
     exported with its result file; (data path, zoo folder, card)."""
     from recbole_kd.quick_start import run
-    from recbole_kd.zoo import export_teacher
+    from recbole_kd.zoo.export import export_teacher
 
     root = tmp_path_factory.mktemp("pretrained")
     data = write_tiny_dataset(root / "data")
@@ -83,7 +83,8 @@ def test_export_writes_a_card_from_the_data(tiny_zoo):
 
 def test_export_refuses_a_record_of_another_run(tiny_zoo, tmp_path):
     from recbole_kd.checkpoint import CheckpointError
-    from recbole_kd.zoo import export_teacher, weights_path
+    from recbole_kd.zoo import weights_path
+    from recbole_kd.zoo.export import export_teacher
 
     data, _, card = tiny_zoo
     record = {"model": "SASRec-L", "dataset": "tiny", "num_params": card["num_params"] + 1,

@@ -12,6 +12,8 @@ import sys
 import time
 
 from recbole_kd.datasets import FORMATS
+from recbole_kd.datasets.common import AtomicDatasetDir, ConversionError
+from recbole_kd.datasets.validate import DataValidationError, validate_atomic_file
 
 PROG = "python -m recbole_kd.datasets"
 
@@ -55,8 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def convert(fmt: str, input_path: str, output: str, name: str | None, force: bool) -> int:
-    from recbole_kd.datasets.common import AtomicDatasetDir
-
     module = _converter(fmt)
     name = name or module.default_name(input_path)
     t0 = time.perf_counter()
@@ -70,8 +70,6 @@ def convert(fmt: str, input_path: str, output: str, name: str | None, force: boo
 
 
 def validate(files: list[str], sep: str, encoding: str) -> int:
-    from recbole_kd.datasets.validate import validate_atomic_file
-
     for path in _atomic_files(files):
         t0 = time.perf_counter()
         rows = validate_atomic_file(path, field_separator=sep, encoding=encoding)
@@ -85,8 +83,6 @@ ATOMIC_SUFFIXES = (".inter", ".user", ".item", ".kg", ".link", ".net")
 def _atomic_files(paths: list[str]) -> list[str]:
     """The paths, a dataset folder replaced by the atomic files in it (RecBole's suffixes)."""
     import os
-
-    from recbole_kd.datasets.validate import DataValidationError
 
     out = []
     for path in paths:
@@ -102,9 +98,6 @@ def _atomic_files(paths: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recbole_kd.datasets.common import ConversionError
-    from recbole_kd.datasets.validate import DataValidationError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)

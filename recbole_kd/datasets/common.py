@@ -13,9 +13,7 @@ import os
 import shutil
 import tempfile
 
-
-class ConversionError(Exception):
-    """Bad converter input or output location; the message is one line naming the file (and line)."""
+from recbole_kd.errors import ConversionError  # noqa: F401  (also importable from here)
 
 
 def name_from_folder(input_path: str, fallback: str) -> str:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import csv
 import os
 
+from recbole_kd.errors import DataValidationError  # noqa: F401  (also importable from here)
+
 FEATURE_TYPES = ("token", "token_seq", "float", "float_seq")
 ATOMIC_SUFFIXES = ("inter", "user", "item", "net")
 
@@ -31,10 +33,6 @@ _NA = {
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 }
-
-
-class DataValidationError(Exception):
-    """A malformed atomic file; the message is one line: file, line, column and what is wrong."""
 
 
 def _short(value: str, limit: int = 40) -> str:

@@ -1,4 +1,5 @@
-"""What every KD loss receives, and the loss registry."""
+"""What every KD loss receives, and the loss registry (``recbole_kd.kd.losses.get_kd_loss`` looks a loss up
+once the built-in ones are registered)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_kd.fused import ItemLogProbs, ItemScores
+from recbole_kd.protocol import evaluation_filters_seen
 
 
 @dataclass
@@ -88,9 +90,7 @@ def register_kd_loss(name, defaults=None, needs_hidden=False, make_module=None, 
     return deco
 
 
-def get_kd_loss(name: str) -> KDLoss:
-    from recbole_kd.kd import losses  # noqa: F401  (registers the built-in losses)
-
-    if name not in KD_LOSSES:
-        raise KeyError(f"unknown KD loss {name!r}; available: {', '.join(sorted(KD_LOSSES))}")
-    return KD_LOSSES[name]
+def resolve_mask_seen(config, sequential: bool) -> bool:
+    """``kd_mask_seen``: as set, or (``~``) exactly when the student's evaluation removes seen items."""
+    value = config["kd_mask_seen"] if "kd_mask_seen" in config else None
+    return evaluation_filters_seen(config, sequential) if value is None else bool(value)

@@ -15,11 +15,19 @@ from recbole.utils import ModelType, init_seed
 from torch import nn
 
 from recbole_kd import report
-from recbole_kd.kd.base import KDInputs, get_kd_loss
+from recbole_kd.compat import create_dataset  # never unpickles a saved dataset
+from recbole_kd.config import planned_setting
+from recbole_kd.errors import ConfigError
 from recbole_kd.fused import ItemScores
+from recbole_kd.kd.base import KDInputs, resolve_mask_seen
 from recbole_kd.kd.gate import gate_weights, weighted_mean
-from recbole_kd.kd.teacher import TeacherOutputs, load_teacher
+from recbole_kd.kd.losses import get_kd_loss
+from recbole_kd.kd.outputs import TeacherOutputs
+from recbole_kd.kd.teacher import load_teacher, pretrained_choice
+from recbole_kd.kd.teacher_spec import teacher_overrides, zoo_path
+from recbole_kd.report import Phase
 from recbole_kd.trainer import KDTrainer
+from recbole_kd.utils import count_parameters
 
 
 def parse_kd_losses(config):
@@ -42,14 +50,6 @@ def parse_kd_losses(config):
     return out
 
 
-def resolve_mask_seen(config, sequential: bool) -> bool:
-    """``kd_mask_seen``: as set, or (``~``) exactly when the student's evaluation removes seen items."""
-    from recbole_kd.protocol import evaluation_filters_seen
-
-    value = config["kd_mask_seen"] if "kd_mask_seen" in config else None
-    return evaluation_filters_seen(config, sequential) if value is None else bool(value)
-
-
 def hidden_size(model) -> int:
     return int(getattr(model, "hidden_size", None) or model.embedding_size)
 
@@ -58,8 +58,6 @@ class DistillTrainer(KDTrainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         if getattr(model, "cl_weight", 0):
-            from recbole_kd.config import ConfigError
-
             raise ConfigError(f"cl_weight={model.cl_weight}: the contrastive regulariser is for plain training (e.g. "
                               "of a teacher); a distilled student is trained by its KD losses (set cl_weight: 0)")
         self.kd_spec = parse_kd_losses(config)
@@ -83,15 +81,8 @@ class DistillTrainer(KDTrainer):
         find it in the zoo). ``build=False`` (machines other than the first): only check it is there."""
         if config["teacher_checkpoint"]:
             return
-        from recbole_kd.compat import create_dataset  # never unpickles a saved dataset
-
-        from recbole_kd.config import ConfigError
-        from recbole_kd.kd.teacher import zoo_path
-
         folder, key, path = zoo_path(config)
         if not build:
-            from recbole_kd.kd.teacher import pretrained_choice
-
             if not os.path.isfile(path) and pretrained_choice(config, log=False)[0] is None:
                 raise ConfigError(
                     f"distributed run: teacher {key} is not in {folder}, and only the machine with offset=0 "
@@ -104,10 +95,6 @@ class DistillTrainer(KDTrainer):
     def phase_plan(self):
         """The phases before the student's training (the teacher's, when the zoo has to train it first, and
         the teacher-output cache), and the student's label (:mod:`recbole_kd.report`)."""
-        from recbole_kd.config import planned_setting
-        from recbole_kd.kd.teacher import pretrained_choice, teacher_overrides, zoo_path
-        from recbole_kd.report import Phase
-
         name = self.config["teacher"]
         phases = []
         if (not self.config["teacher_checkpoint"] and not os.path.isfile(zoo_path(self.config)[2])
@@ -228,8 +215,6 @@ class DistillTrainer(KDTrainer):
         return ["main"] + [f"kd:{loss.name}" for loss, _, _ in self.kd_spec]
 
     def run_report(self) -> dict:
-        from recbole_kd.quick_start import count_parameters
-
         report = {
             "kd_losses": {l.name: w for l, w, _ in self.kd_spec},
             "kd_loss_params": {l.name: p for l, _, p in self.kd_spec},

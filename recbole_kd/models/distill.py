@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from recbole_kd.kd.trainer import DistillTrainer
 from recbole_kd.registry import ModelEntry, add_entry, register_resolver, registered
 
 KD_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kd.yaml")
@@ -22,8 +23,6 @@ def distillable_students() -> list[str]:
 
 
 def make_distilled(name: str, student: str, extra_yaml=()) -> ModelEntry | None:
-    from recbole_kd.kd.trainer import DistillTrainer
-
     students = registered("student")
     if student not in students:
         return None

@@ -7,6 +7,8 @@ norm and initialisation), so "identical d, layers, heads" comparisons are fair.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_kd.errors import ConfigError, TextUnavailable
 from recbole_kd.fused import linear_cross_entropy
 from recbole_kd.models.attention import set_fused_attention
 from recbole_kd.models.windows import (
@@ -27,6 +30,8 @@ from recbole_kd.models.windows import (
     user_train_sequences,
 )
 from recbole_kd.registry import register_model
+from recbole_kd.transfer import text
+from recbole_kd.utils import keep_recent
 
 
 class WindowedSequentialModel(SequentialRecommender):
@@ -39,19 +44,18 @@ class WindowedSequentialModel(SequentialRecommender):
 
     input_type = InputType.POINTWISE
     causal = True
+    LOSS_TYPES = ("CE", "sampled")  # full softmax, or sampled softmax (settings_check refuses any other)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.loss_type = config["loss_type"]
         self.num_negatives = config["num_negatives"]
         self.text_adaptor = None  # set by ``attach_item_text`` (item_text: True)
-        if self.loss_type not in ("CE", "sampled"):
+        if self.loss_type not in self.LOSS_TYPES:
             raise ValueError(f"loss_type must be 'CE' or 'sampled' for {type(self).__name__}, got {self.loss_type!r}")
         # optional regulariser for plain training (e.g. a teacher on sparse data): see ``contrastive_loss``
         self.cl_weight = float(config["cl_weight"] or 0.0)
         self.cl_temperature = float(config["cl_temperature"] or 1.0)
-        from recbole_kd.config import ConfigError  # bad settings: one error line, exit 2
-
         if self.cl_weight < 0 or self.cl_temperature <= 0:
             raise ConfigError(f"cl_weight must be >= 0 and cl_temperature > 0, got {self.cl_weight}, {self.cl_temperature}")
         if self.cl_weight and not self.causal:
@@ -75,15 +79,10 @@ class WindowedSequentialModel(SequentialRecommender):
         ``train_fraction``) is represented by its adapted text alone; its id row is held at zero. Such
         a row would otherwise only ever be trained as a negative, which teaches the model to rank
         every cold item low whatever its text says."""
-        import os
-
-        from recbole_kd.config import ConfigError
-        from recbole_kd.transfer.text import TextUnavailable, item_texts, text_vectors
-
-        texts = item_texts(config, dataset)
+        texts = text.item_texts(config, dataset)
         cache = config["text_cache_dir"] or os.path.join(config["checkpoint_dir"], "text")
         try:
-            vectors, info = text_vectors(texts, config["dataset"], cache)
+            vectors, info = text.text_vectors(texts, config["dataset"], cache)
         except TextUnavailable as exc:
             raise ConfigError(str(exc)) from None
         rows = self.item_embedding.num_embeddings
@@ -114,8 +113,6 @@ class WindowedSequentialModel(SequentialRecommender):
         ``train_fraction`` in the low-resource setting."""
         users, seqs = user_train_sequences(dataset)
         if config["train_fraction"] is not None and config["train_fraction"] < 1:  # low-resource setting
-            from recbole_kd.quick_start import keep_recent
-
             seqs = [s[len(s) - keep_recent(len(s), config["train_fraction"]):] for s in seqs]
         return users, seqs
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from recbole_kd.registry import ModelEntry, add_entry, register_resolver, registered
+from recbole_kd.transfer.trainer import TransferTrainer
 
 TRANSFER_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transfer.yaml")
 TRANSFER_MF_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transfer_mf.yaml")
@@ -16,8 +17,6 @@ ALIASES = {"Transfer-SASRec": ("SASRec-S", []), "Transfer-MF": ("MF-S", [TRANSFE
 
 
 def make_transfer(name: str, student: str, extra_yaml=()) -> ModelEntry | None:
-    from recbole_kd.transfer.trainer import TransferTrainer
-
     students = registered("student")
     if student not in students:
         return None

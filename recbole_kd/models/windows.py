@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_kd.distributed import shard
+
 WINDOW_FIELD = "window_seq"  # [B, span] item ids, left-aligned, 0 = padding
 OWN_FROM_FIELD = "window_own_from"  # [B] first position whose target this window owns
 WINDOW_ID_FIELD = "window_id"  # [B] row in the window table (teacher caches index by it)
@@ -169,8 +171,6 @@ class WindowDataLoader:
     def __iter__(self):
         for index in self.batch_order():
             if self.world > 1:
-                from recbole_kd.distributed import shard
-
                 index = shard(index, self.world, self.rank)
             yield self.batch(index)
 

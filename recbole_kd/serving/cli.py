@@ -11,11 +11,11 @@ import os
 import sys
 import tempfile
 
+from recbole_kd.errors import USER_ERRORS, UsageError  # noqa: F401  (also importable from here)
+from recbole_kd.serving.artefact import SEQUENTIAL, Artefact, ArtefactError, RequestError
+from recbole_kd.serving.export import ExportError, export
+
 BATCH = 256  # batch-mode requests scored together
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,9 +45,6 @@ def export_main(argv) -> int:
     except UsageError as exc:
         return _fail("export", exc)
 
-    from recbole_kd.errors import USER_ERRORS
-    from recbole_kd.serving.export import ExportError, export
-
     try:
         info = export(args.checkpoint, args.out, force=args.force, data_path=args.data_path, result_file=args.result)
     except (ExportError, *USER_ERRORS) as exc:
@@ -65,8 +62,6 @@ def export_main(argv) -> int:
 def _load(command: str, folder: str, threads: int):
     import torch
 
-    from recbole_kd.serving.artefact import Artefact
-
     if threads < 1:
         raise UsageError(f"--threads must be 1 or more, got {threads}")
     torch.set_num_threads(threads)
@@ -74,8 +69,6 @@ def _load(command: str, folder: str, threads: int):
 
 
 def _single_request(model, args) -> dict:
-    from recbole_kd.serving.artefact import SEQUENTIAL
-
     if args.history is not None and args.user is not None:
         raise UsageError("give --history or --user, not both")
     if model.kind == SEQUENTIAL and args.history is None:
@@ -94,8 +87,6 @@ def _single_request(model, args) -> dict:
 
 def _batch(model, args) -> tuple[int, int]:
     """Answer every line of ``--input`` into ``--output`` (written whole, then renamed); (lines, errors)."""
-    from recbole_kd.serving.artefact import RequestError
-
     try:
         with open(args.input, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -176,8 +167,6 @@ def recommend_main(argv) -> int:
     ap.add_argument("--output", metavar="FILE.jsonl", help="batch mode: one answer a line, {\"id\": ..., \"items\": "
                                                           "[...], \"scores\": [...]} or {\"id\": ..., \"error\": ...}")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    from recbole_kd.serving.artefact import ArtefactError, RequestError
-
     try:
         args = ap.parse_args(argv)
         if (args.input is None) != (args.output is None):
@@ -224,8 +213,6 @@ def serve_main(argv) -> int:
     ap.add_argument("--limit-concurrency", dest="limit_concurrency", type=int, default=64,
                     help="connections + requests in progress before the service answers 503 (default 64)")
     ap.add_argument("--log-level", dest="log_level", default="info", choices=["critical", "error", "warning", "info"])
-    from recbole_kd.serving.artefact import ArtefactError
-
     try:
         args = ap.parse_args(argv)
         if not 0 < args.port < 65536:
@@ -238,7 +225,7 @@ def serve_main(argv) -> int:
             import uvicorn  # noqa: F401
         except ImportError:
             raise UsageError("serve needs starlette and uvicorn: pip install 'recbole-kd[serve]'") from None
-        from recbole_kd.serving.service import ServeError, serve
+        from recbole_kd.serving.service import ServeError, serve  # optional: starlette and uvicorn, the [serve] extra
 
         try:
             return serve(args.artefact, host=args.host, port=args.port, threads=args.threads, max_k=args.max_k,

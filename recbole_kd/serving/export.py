@@ -18,12 +18,18 @@ import warnings
 import torch
 from torch import nn
 
+from recbole_kd import __version__
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, load_checkpoint
+from recbole_kd.config import build_config
+from recbole_kd.errors import ExportError  # noqa: F401  (also importable from here)
+from recbole_kd.kd.teacher import _freeze, _load_checked
+from recbole_kd.kd.teacher_spec import arch_overrides, split_settings
+from recbole_kd.models.mf import DistillableMF
+from recbole_kd.models.sasrec import FastSASRec
+from recbole_kd.protocol import selected
+from recbole_kd.quick_start import prepare
+from recbole_kd.registry import get_entry
 from recbole_kd.serving import artefact as art
-
-
-class ExportError(Exception):
-    """Bad input to ``export`` (output folder, result file, unsupported model): one line, exit status 2."""
 
 
 class SequentialScorer(nn.Module):
@@ -58,10 +64,6 @@ class MFScorer(nn.Module):
 
 def model_kind(name: str) -> str:
     """``sequential`` or ``general`` for a model the exporter supports; ``ExportError`` otherwise."""
-    from recbole_kd.models.mf import DistillableMF
-    from recbole_kd.models.sasrec import FastSASRec
-    from recbole_kd.registry import get_entry
-
     entry = get_entry(name)
     if entry.kind in ("teacher", "student", "distilled"):
         if issubclass(entry.cls, FastSASRec):
@@ -121,10 +123,6 @@ def find_result(checkpoint: str) -> str | None:
 
 def build_card(state: dict, checkpoint: str, kind: str, dataset, result: dict | None, result_path: str | None,
                n_params: int) -> dict:
-    from recbole_kd import __version__
-    from recbole_kd.protocol import selected
-    from recbole_kd.registry import get_entry
-
     config, meta = state["config"], state.get("meta") or {}
     name = config["model"]
     card = {
@@ -190,10 +188,6 @@ def _seen_csr(dataset) -> dict:
 def rebuild(checkpoint: str, data_path: str | None = None):
     """(state, kind, model in eval mode, full dataset, test loader) of a checkpoint: the checkpoint's settings on its
     dataset, through the same functions as a teacher checkpoint (``prepare`` and ``_load_checked``)."""
-    from recbole_kd.config import build_config
-    from recbole_kd.kd.teacher import _arch_overrides, _freeze, _load_checked, split_settings
-    from recbole_kd.quick_start import prepare
-
     state = load_checkpoint(checkpoint, map_location="cpu")
     config = state.get("config") or {}
     name, dataset_name = config.get("model"), config.get("dataset")
@@ -205,7 +199,7 @@ def rebuild(checkpoint: str, data_path: str | None = None):
     saved_path = config.get("data_path")
     root = data_path or (os.path.dirname(os.path.normpath(saved_path)) if saved_path else None)
     split = {k: v for k, v in split_settings(config).items() if v is not None}
-    settings = {**_arch_overrides(config), **split, "show_progress": False, "state": "WARNING"}
+    settings = {**arch_overrides(config), **split, "show_progress": False, "state": "WARNING"}
     if root:
         settings["data_path"] = os.path.abspath(root)
     run_config = build_config(name, dataset_name, overrides=settings)

@@ -18,10 +18,7 @@ import sys
 import torch
 
 from recbole_kd.serving.artefact import Artefact, RequestError
-
-
-class ServeError(Exception):
-    """The service cannot start (e.g. its port is taken): one line, exit status 2."""
+from recbole_kd.errors import ServeError  # noqa: F401  (also importable from here)
 
 
 class HTTPError(Exception):

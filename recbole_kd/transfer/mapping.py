@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from recbole_kd.errors import TransferError  # noqa: F401  (also importable from here)
+
 # parameters tied to one dataset's ids: never copied wholesale
 ID_PARAM_PREFIXES = ("item_embedding", "user_embedding", "output_bias", "item_id_mask")
-
-
-class TransferError(Exception):
-    """Source and target cannot be combined as asked; the message says what and what to do."""
 
 
 def shared_token_ids(source_dataset, target_dataset, field: str):

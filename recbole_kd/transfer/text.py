@@ -17,17 +17,14 @@ from logging import getLogger
 
 import torch
 
+from recbole_kd.checkpoint import atomic_save
+from recbole_kd.errors import ConfigError, TextUnavailable
+
 ENCODER = "all-MiniLM-L6-v2"
-
-
-class TextUnavailable(Exception):
-    pass
 
 
 def item_texts(config, dataset) -> list[str]:
     """One text per item id (index 0, padding: empty)."""
-    from recbole_kd.config import ConfigError
-
     path = os.path.join(config["data_path"], f"{config['dataset']}.item")
     if not os.path.isfile(path):
         raise ConfigError(f"item text needs the dataset's item file; {path} does not exist (datasets with item "
@@ -72,8 +69,6 @@ def load_encoder(device="cpu"):
 
 def text_vectors(texts: list[str], dataset_name: str, cache_dir: str, encode=None) -> tuple[torch.Tensor, dict]:
     """[len(texts), dim] vectors (row 0 and items without text: zeros), cached by content."""
-    from recbole_kd.checkpoint import atomic_save
-
     digest = hashlib.sha1("\n".join([ENCODER, *texts]).encode("utf-8")).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{dataset_name}-{digest}.pt")
     if os.path.isfile(path):

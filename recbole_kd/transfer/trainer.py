@@ -23,6 +23,13 @@ from torch import nn
 
 from recbole_kd import report
 from recbole_kd.checkpoint import load_checkpoint
+from recbole_kd.config import build_config, planned_setting
+from recbole_kd.errors import ConfigError
+from recbole_kd.models.windows import user_train_sequences
+from recbole_kd.quick_start import prepare, run
+from recbole_kd.registry import get_entry
+from recbole_kd.report import Phase
+from recbole_kd.trainer import KDTrainer
 from recbole_kd.transfer.mapping import (
     TransferError,
     encoder_names,
@@ -30,53 +37,13 @@ from recbole_kd.transfer.mapping import (
     transfer_encoder,
     transfer_shared_tokens,
 )
-from recbole_kd.trainer import KDTrainer
-
-MECHANISMS = ("encoder", "shared_tokens", "cross_kd", "text")
-
-# settings the source run takes from the target run (data location, protocol, device, architecture)
-_SHARED = ("seed", "reproducibility", "show_progress", "state", "gpu_id", "use_gpu", "eval_args", "metrics", "topk",
-           "valid_metric", "eval_batch_size")
-_ARCH = ("n_layers", "n_heads", "hidden_size", "inner_size", "embedding_size", "hidden_act", "layer_norm_eps",
-         "initializer_range", "loss_type", "MAX_ITEM_LIST_LENGTH", "item_text", "text_fields", "text_cache_dir",
-         "text_cold_items")
-
-
-def parse_mechanisms(config) -> list[str]:
-    from recbole_kd.config import ConfigError
-
-    mech = config["transfer_mechanisms"] or []
-    if isinstance(mech, str):
-        mech = [mech]
-    unknown = [m for m in mech if m not in MECHANISMS]
-    if unknown or not mech:
-        raise ConfigError(f"invalid setting transfer_mechanisms={mech!r}: use one or more of {', '.join(MECHANISMS)}")
-    return list(mech)
-
-
-def source_spec(config) -> tuple[str, dict]:
-    """(source dataset, settings of the source run)."""
-    from recbole_kd.config import ConfigError
-
-    src = config["source"]
-    if isinstance(src, str):
-        src = {"dataset": src}
-    if not isinstance(src, dict) or not src.get("dataset"):
-        raise ConfigError("a transfer model needs a source dataset: --source=NAME or source: {dataset: NAME, ...}")
-    overrides = {k: config[k] for k in _SHARED + _ARCH if k in config and config[k] is not None}
-    dataset = src["dataset"]
-    parent = os.path.dirname(os.path.normpath(config["data_path"]))  # the target's data folder
-    if os.path.isfile(os.path.join(parent, dataset, f"{dataset}.inter")) or not _embedded(dataset):
-        overrides["data_path"] = parent
-    # else: RecBole's default folder, so the embedded ml-100k (inside its wheel) is a source for any target
-    overrides.update({k: v for k, v in src.items() if k != "dataset"})
-    return dataset, overrides
-
-
-def _embedded(dataset: str) -> bool:
-    import recbole
-
-    return os.path.isfile(os.path.join(os.path.dirname(recbole.__file__), "dataset_example", dataset, f"{dataset}.inter"))
+from recbole_kd.transfer.spec import (  # noqa: F401  (MECHANISMS, parse_mechanisms: also importable from here)
+    MECHANISMS,
+    parse_mechanisms,
+    source_path,
+    source_sources,
+    source_spec,
+)
 
 
 def ensure_source(config, student: str, build: bool = True) -> tuple[str, str, float]:
@@ -84,9 +51,6 @@ def ensure_source(config, student: str, build: bool = True) -> tuple[str, str, f
     first if missing.
     Distributed ranks and ``build=False`` (machines other than the first) never train it: a missing
     source model is one clear error."""
-    from recbole_kd.config import ConfigError
-    from recbole_kd.quick_start import run
-
     dataset, overrides = source_spec(config)
     folder, key, path = source_path(config, student)
     if os.path.isfile(path):
@@ -108,31 +72,8 @@ def ensure_source(config, student: str, build: bool = True) -> tuple[str, str, f
     return path, "trained", seconds
 
 
-def source_sources(config, overrides: dict) -> dict:
-    """Where each of the source run's settings came from, for its settings block: the ``source`` section,
-    or the target run (shown in its own block)."""
-    src = config["source"] if isinstance(config["source"], dict) else {}
-    shared = "shared with the target run"
-    return {**{k: shared for k in overrides}, "checkpoint_dir": shared, "resume": shared,
-            **{k: "source section" for k in src if k != "dataset"}}
-
-
-def source_path(config, student: str) -> tuple[str, str, str]:
-    """(folder, key, checkpoint path) of the source model of this run."""
-    from recbole_kd.kd.teacher import zoo_key
-
-    dataset, overrides = source_spec(config)
-    folder = config["transfer_dir"] or os.path.join(config["checkpoint_dir"], "transfer")
-    key = zoo_key(student, dataset, overrides)
-    return folder, key, os.path.join(folder, key + ".pth")
-
-
 def load_source(config, student: str):
     """The source model (trained first if not cached), its config and training data."""
-    from recbole_kd.config import build_config
-    from recbole_kd.quick_start import prepare
-    from recbole_kd.registry import get_entry
-
     dataset, overrides = source_spec(config)
     path, phase, seconds = ensure_source(config, student)
     info = {"source_dataset": dataset, "source_checkpoint": path, "source_phase": phase,
@@ -152,8 +93,6 @@ def load_source(config, student: str):
 def user_vectors(model, train_data, device, batch_size: int = 256):
     """(user ids, hidden [U, d]) of every user in ``train_data`` from its training history."""
     if hasattr(train_data, "table"):  # windowed sequential model
-        from recbole_kd.models.windows import user_train_sequences
-
         users, seqs = user_train_sequences(train_data.dataset)
         max_len = model.max_seq_length
         padded = torch.zeros((len(seqs), max_len), dtype=torch.long)
@@ -189,18 +128,12 @@ class TransferTrainer(KDTrainer):
     def prepare_shared(config, build: bool = True) -> None:
         """Distributed runs: train (or find) the source model once, before the ranks start.
         ``build=False`` (machines other than the first): only check it is there."""
-        from recbole_kd.registry import get_entry
-
         student = getattr(get_entry(config["model"]).cls, "transfer_base", None) or config["model"]
         ensure_source(config, student, build=build)
 
     def phase_plan(self):
         """The source phase (when its model is not cached yet) and the target phase's label
         (:mod:`recbole_kd.report`)."""
-        from recbole_kd.report import Phase
-
-        from recbole_kd.config import planned_setting
-
         student = getattr(self.model, "transfer_base", None) or self.config["model"]
         dataset, overrides = source_spec(self.config)
         phases = []
