@@ -50,7 +50,8 @@ def _write(folder, rec, suffix=".json"):
 
 
 def test_pack_then_merge_round_trip(tmp_path, monkeypatch, capsys):
-    from recbole_kd.bench import expand, load_suite, run_suite
+    from recbole_kd.bench.runner import run_suite
+    from recbole_kd.bench.suite import expand, load_suite
 
     cells_py = _cells_module()
     monkeypatch.setattr(cells_py, "PART_BYTES", 100_000)  # split the checkpoint into several returned files
@@ -119,7 +120,7 @@ def test_pack_then_merge_round_trip(tmp_path, monkeypatch, capsys):
 
 
 def test_merge_refuses_cells_of_other_settings(tmp_path, capsys):
-    from recbole_kd.bench import expand, load_suite
+    from recbole_kd.bench.suite import expand, load_suite
 
     cells_py = _cells_module()
     suite = _suite(tmp_path)
@@ -139,8 +140,9 @@ def test_merge_refuses_cells_of_other_settings(tmp_path, capsys):
 def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):
     """The cell's ``machine.device`` is the device its run used (result.json, from config["device"]), not the
     one the bench process would pick: that is what the report's "(cuda)" marks rest on."""
-    from recbole_kd import bench
-    from recbole_kd.bench import expand, load_suite, run_cell
+    from recbole_kd.bench import runner
+    from recbole_kd.bench.runner import run_cell
+    from recbole_kd.bench.suite import expand, load_suite
     from recbole_kd.utils import machine_info
 
     assert machine_info("cpu")["device"] == "cpu" and "gpu" not in machine_info("cpu")
@@ -152,6 +154,6 @@ def test_cell_record_names_the_device_the_run_used(tmp_path, monkeypatch):
             json.dump({"machine": {"device": "cuda", "gpu": "NVIDIA H200"}, "checkpoint": None}, f)
         return 0, ""
 
-    monkeypatch.setattr(bench, "_run_process", fake_run)
+    monkeypatch.setattr(runner, "_run_process", fake_run)
     rec = run_cell(cell, str(tmp_path / "out"), {})
     assert rec["status"] == "ok" and rec["machine"]["device"] == "cuda" and rec["machine"]["gpu"] == "NVIDIA H200"

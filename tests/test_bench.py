@@ -76,7 +76,8 @@ def test_kill_after_first_cell_then_resume(tmp_path):
 
 
 def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch, capsys):
-    from recbole_kd.bench import main, run_suite
+    from recbole_kd.bench.cli import main
+    from recbole_kd.bench.runner import run_suite
 
     suite = _suite(tmp_path, [
         {"model": "SASRec-L", "group": "teacher"},
@@ -100,7 +101,8 @@ def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch, capsys):
     assert "| baseline | SASRec | SASRec | 0/1 | not run: too slow for this machine |" in report
     assert (out / "plots" / "tiny_kd_gain.png").exists()
     # a distilled cell stored before kd_mask_seen (raw teacher top-K) is stale: run again, never reused
-    from recbole_kd.bench import cell_record, expand, load_suite
+    from recbole_kd.bench.records import cell_record
+    from recbole_kd.bench.suite import expand, load_suite
 
     kd_cell = next(c for c in expand(load_suite(suite)) if c.label == "KD-SASRec (rrd)")
     assert cell["result"]["kd_mask_seen"] is True and cell_record(str(out), kd_cell) is not None
@@ -129,7 +131,7 @@ def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch, capsys):
 
 
 def test_transfer_cells_share_their_source_model(tmp_path, monkeypatch):
-    from recbole_kd.bench import run_suite
+    from recbole_kd.bench.runner import run_suite
     from test_transfer import write_source
 
     suite = _suite(tmp_path, [
@@ -159,10 +161,10 @@ def test_bad_suite_is_one_line_exit_2(tmp_path):
 
 
 def test_a_bad_model_or_setting_in_any_row_stops_the_suite_before_a_cell_runs(tmp_path, monkeypatch, capsys):
-    from recbole_kd import bench
+    from recbole_kd.bench import cli, runner
 
     ran = []
-    monkeypatch.setattr(bench, "run_cell", lambda cell, *a, **k: ran.append(cell.id))
+    monkeypatch.setattr(runner, "run_cell", lambda cell, *a, **k: ran.append(cell.id))
     good = {"model": "SASRec-S", "group": "student"}
     for last, message in [
         ({"model": "SASRecc"}, "SASRecc on tiny: unknown model 'SASRecc'; did you mean"),
@@ -172,25 +174,25 @@ def test_a_bad_model_or_setting_in_any_row_stops_the_suite_before_a_cell_runs(tm
     ]:
         suite = _suite(tmp_path, [good, last])
         for extra in (["--dry-run"], []):
-            assert bench.main([suite, "--out", str(tmp_path / "out"), *extra]) == 2
+            assert cli.main([suite, "--out", str(tmp_path / "out"), *extra]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith("recbole-kd bench: error:") and message in err[0], err
             assert "--strict" not in err[0], err  # a suite is always strict; it has no such flag to name
     assert ran == []
     # a skipped row is not checked (it may name a model of another RecBole version), nor is a render-only run
     suite = _suite(tmp_path, [good, {"model": "NoSuchModel", "skip": "not here"}])
-    assert bench.main([suite, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert cli.main([suite, "--out", str(tmp_path / "out"), "--dry-run"]) == 0
 
 
 def test_pareto_front():
-    from recbole_kd.bench import pareto_front
+    from recbole_kd.bench.plots import pareto_front
 
     pts = [(1, 0.10), (2, 0.09), (3, 0.12), (4, 0.12), (10, 0.20)]
     assert pareto_front(pts) == [0, 2, 4]
 
 
 def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatch, capsys):
-    from recbole_kd.bench import main
+    from recbole_kd.bench.cli import main
 
     suite = _suite(tmp_path, [{"model": "SASRec-S", "group": "student"}, {"model": "MF-S", "group": "baseline"}])
     out = tmp_path / "out"
@@ -210,7 +212,8 @@ def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatc
 
 
 def test_one_seed_shows_no_spread():
-    from recbole_kd.bench import _fmt, mean_std
+    from recbole_kd.bench.report import _fmt
+    from recbole_kd.utils import mean_std
 
     assert _fmt(mean_std([0.0123])) == "0.0123"  # not "0.0123 ± 0.0000": one seed has no measured spread
     assert _fmt(mean_std([0.01, 0.02])) == "0.0150 ± 0.0071"
@@ -224,7 +227,10 @@ def test_data_path_option_reads_every_dataset_from_there_and_keeps_the_cells(tmp
 
     import yaml
 
-    from recbole_kd.bench import cell_command, cell_record, expand, load_suite, main
+    from recbole_kd.bench.cli import main
+    from recbole_kd.bench.records import cell_record
+    from recbole_kd.bench.runner import cell_command
+    from recbole_kd.bench.suite import expand, load_suite
 
     suite = _suite(tmp_path, [{"model": "MF-S", "group": "student"},
                               {"model": "Transfer-SASRec", "label": "from src",
@@ -263,7 +269,8 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
     that train a shared model lazily (teacher zoo, transfer source) never run side by side."""
     import threading
 
-    from recbole_kd import bench
+    from recbole_kd.bench import runner
+    from recbole_kd.bench.suite import expand, load_suite
 
     suite = _suite(tmp_path, [
         {"model": "SASRec-L", "group": "teacher"},
@@ -285,20 +292,20 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
             events.append(("start", cell.id, cell.label))
             if cell.teacher_from:  # the teacher's record is there when the distilled cell starts
                 assert any(label == cell.teacher_from for (_, label, _) in records), cell.id
-            if bench._exclusive(cell):
-                assert not any(bench._exclusive(c) == bench._exclusive(cell) for c in cells if c.id in live - {cell.id})
+            if runner._exclusive(cell):
+                assert not any(runner._exclusive(c) == runner._exclusive(cell) for c in cells if c.id in live - {cell.id})
         time.sleep(0.3 if cell.label == "SASRec-L" else 0.05)
         with lock:
             live.discard(cell.id)
             events.append(("end", cell.id, cell.label))
         return {**cell.spec(), "id": cell.id, "status": "ok", "wall_seconds": 0.1, "result": {"test_result": {}}}
 
-    cells = bench.expand(bench.load_suite(suite))
-    monkeypatch.setattr(bench, "run_cell", fake_run_cell)
-    monkeypatch.setattr(bench, "render", lambda *a, **k: None)
+    cells = expand(load_suite(suite))
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    monkeypatch.setattr(runner, "render", lambda *a, **k: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert bench.run_suite(suite, str(tmp_path / "out"), jobs=3) == 0
+    assert runner.run_suite(suite, str(tmp_path / "out"), jobs=3) == 0
     assert most[0] == 3  # side by side, never more than --jobs
     assert set(given) == {2}  # 8 cores split between 3 cells: no oversubscription
     started = [e[1] for e in events if e[0] == "start"]
@@ -309,14 +316,14 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
             assert i > teacher_end
     assert started.index("tiny__SASRec-S__seed2020") < teacher_end  # independent cells do not wait
     assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == len(cells)
-    from recbole_kd.bench import main
+    from recbole_kd.bench.cli import main
 
     assert main([suite, "--jobs", "0"]) == 2
     # a user's OMP_NUM_THREADS stands, and one cell at a time keeps torch's default
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert bench.cell_threads(3) is None
+    assert runner.cell_threads(3) is None
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert bench.cell_threads(1) is None and bench.cell_threads(16) == 1 and bench.cell_threads(2) == 4
+    assert runner.cell_threads(1) is None and runner.cell_threads(16) == 1 and runner.cell_threads(2) == 4
 
 
 def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
@@ -359,7 +366,7 @@ def test_minutes_and_skip_per_dataset(tmp_path):
     """``minutes`` and ``skip`` take one value for every dataset or a {dataset: value} map."""
     import yaml
 
-    from recbole_kd.bench import expand, load_suite
+    from recbole_kd.bench.suite import expand, load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({
@@ -377,7 +384,8 @@ def test_no_ratio_to_a_reference_within_noise(tmp_path):
     """A ratio to a row whose NDCG@10 mean is not above its spread over seeds reads n/a, not e.g. 12.000."""
     import yaml
 
-    from recbole_kd.bench import expand, load_suite, render, summarize
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({
@@ -410,7 +418,7 @@ def test_kd_gain_plot_of_one_row_keeps_room_for_its_bar(tmp_path):
     # one transfer row used to give a 0.95-inch figure whose title and axis label left the bar no height
     import struct
 
-    from recbole_kd.bench import _plots
+    from recbole_kd.bench.plots import _plots
 
     def row(label, group, ndcg, ratio=None):
         return {"dataset": "tiny", "status": "ok", "label": label, "group": group, "num_params": 1000,
@@ -429,7 +437,7 @@ def test_kd_gain_plot_of_one_row_keeps_room_for_its_bar(tmp_path):
 def test_latency_front_leaves_out_rows_timed_on_another_device():
     # ml-1m's report mixes CPU cells with a teacher and a student timed on an H200: a 20 ms GPU latency
     # beside 400 ms CPU ones is not a trade-off, so those rows are marked and kept out of the latency front
-    from recbole_kd.bench import plot_points
+    from recbole_kd.bench.plots import plot_points
 
     def row(params, ms, ndcg, devices):
         return {"num_params": params, "latency_ms": ms, "ndcg@10": (ndcg, 0.0), "devices": devices}
@@ -449,7 +457,9 @@ def test_report_names_its_protocol_and_never_divides_across_protocols(tmp_path):
     ratio, and is scheduled to run again."""
     import yaml
 
-    from recbole_kd.bench import expand, legacy_record, load_suite, render, summarize
+    from recbole_kd.bench.records import legacy_record
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({
@@ -499,7 +509,8 @@ def test_report_names_its_protocol_and_never_divides_across_protocols(tmp_path):
 def test_kd_gain_reports_the_worst_seed_against_the_best_alone_seed(tmp_path):
     import yaml
 
-    from recbole_kd.bench import expand, load_suite, render, summarize
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({
@@ -530,7 +541,8 @@ def test_a_row_never_averages_seeds_of_two_protocol_generations(tmp_path):
     seed (RecBole 0.040, not the mean with the older 0.030s), and the report says what it left out."""
     import yaml
 
-    from recbole_kd.bench import expand, load_suite, render, summarize
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "seeds": [1, 2, 3], "datasets": {"a": {}},

@@ -252,7 +252,8 @@ def kd_config_for(card):
 def test_bench_cells_keep_training_their_own_teacher(tmp_path):
     """A suite's KD cell without teacher_from trains its teacher as the suite says: a pretrained teacher shipped
     later must not change what a stored cell id means, unless the suite opts in."""
-    from recbole_kd.bench import Cell, cell_command
+    from recbole_kd.bench.runner import cell_command
+    from recbole_kd.bench.suite import Cell
 
     def command(settings):
         cell = Cell(dataset="amazon-beauty-5core", label="KD", model="KD-SASRec", group="distilled", seed=2020,

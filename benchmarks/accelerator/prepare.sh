@@ -34,7 +34,7 @@ fi
 # which datasets the selected cells read, and where they are here
 plan=$("$PY" - "$SUITE" "$@" <<'EOF'
 import argparse, os, sys
-from recbole_kd.bench import _datasets_needed, expand, load_suite, selected
+from recbole_kd.bench.suite import _datasets_needed, expand, load_suite, selected
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--only", action="append")

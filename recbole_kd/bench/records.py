@@ -1,0 +1,58 @@
+"""Stored cell records, ``<out>/cells/<id>.json`` and ``<id>.failed.json``: ``cell_record`` gives a finished
+cell only when it ran with the cell's settings (same config hash) and is not stale (``_stale_kd``: distilled
+from the teacher's raw top-K, before ``kd_mask_seen``), ``failed_record`` a cell's last failure;
+``legacy_record`` tells a cell stored before both evaluation protocols were recorded, ``protocol_result``
+gives a cell's test metrics under one protocol, and ``PROTOCOL_NAMES`` the protocols' names in the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from recbole_kd.bench.suite import Cell
+from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
+from recbole_kd.protocol import FILTER_SEEN, RECBOLE
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def cell_record(out: str, cell: Cell) -> dict | None:
+    """The stored result of ``cell`` if it finished with the same settings."""
+    rec = _read_json(os.path.join(out, "cells", cell.id + ".json"))
+    if rec and rec.get("status") == "ok" and rec.get("config_hash") == cell.config_hash and not _stale_kd(rec, cell):
+        return rec
+    return None
+
+
+def _stale_kd(rec: dict, cell: Cell) -> bool:
+    """A distilled cell stored before ``kd_mask_seen`` was distilled from the teacher's raw top-K, seen
+    items included: it is run again, not reported as today's method."""
+    wants_mask = bool((cell.settings or {}).get("kd_mask_seen", True))
+    return wants_mask and distilled_from_raw_top_k(cell.model, rec.get("result") or {})
+
+
+def failed_record(out: str, cell: Cell) -> dict | None:
+    return _read_json(os.path.join(out, "cells", cell.id + ".failed.json"))
+
+
+def protocol_result(result: dict, protocol: str) -> dict | None:
+    """A cell's test metrics under ``protocol``, or None where it was not measured: a cell stored before
+    both protocols were recorded was scored, and its checkpoint selected, under RecBole's protocol only."""
+    table = result.get("test_result_by_protocol")
+    if table:
+        return table.get(protocol)
+    return result.get("test_result") if protocol == RECBOLE else None
+
+
+def legacy_record(rec: dict) -> bool:
+    """A cell stored before every run recorded both protocols (it is run again when selected)."""
+    return not (rec.get("result") or {}).get("test_result_by_protocol")
+
+
+PROTOCOL_NAMES = {FILTER_SEEN: "filter-seen", RECBOLE: "RecBole"}

@@ -1,0 +1,170 @@
+"""The suite file and its cells. ``load_suite`` reads and checks a suite yaml (the format is in the package
+docstring, ``recbole_kd/bench/__init__.py``); ``expand`` turns it into ``Cell``s (dataset x model row x seed,
+teachers first); ``check_cells`` checks every cell's model and settings before any cell runs; ``output_dir``
+says where the results go; ``selected`` applies ``--only`` patterns and ``_datasets_needed`` names the
+datasets a cell reads; ``_fmt_minutes`` writes a cell's time estimate (for the runner and the report alike).
+Nothing here runs a cell or reads a stored one.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import yaml
+
+from recbole_kd.config import build_config
+from recbole_kd.errors import ConfigError, SuiteError, UnknownModelError
+
+GROUPS = ("baseline", "teacher", "student", "distilled", "transfer")
+
+
+
+
+@dataclass
+class Cell:
+    dataset: str
+    label: str
+    model: str
+    group: str
+    seed: int
+    settings: dict
+    teacher_from: str | None = None
+    student_ref: str | None = None
+    skip: str | None = None
+    minutes: float | None = None
+    order: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.label).strip("_")
+        return f"{self.dataset}__{slug}__seed{self.seed}"
+
+    def spec(self) -> dict:
+        return {"dataset": self.dataset, "label": self.label, "model": self.model, "group": self.group,
+                "seed": self.seed, "settings": self.settings, "teacher_from": self.teacher_from}
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.spec(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_suite(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise SuiteError(f"suite file {path} does not exist")
+    with open(path) as f:
+        try:
+            suite = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise SuiteError(f"suite file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(suite, dict):
+        raise SuiteError(f"suite file {path} must be a mapping with name, datasets, models")
+    for key in ("name", "datasets", "models"):
+        if not suite.get(key):
+            raise SuiteError(f"suite file {path} has no '{key}'")
+    unknown = set(suite) - {"name", "description", "seeds", "settings", "datasets", "models", "output"}
+    if unknown:
+        raise SuiteError(f"suite file {path}: unknown top-level key(s) {sorted(unknown)}")
+    suite["_path"] = os.path.abspath(path)
+    return suite
+
+
+_MODEL_KEYS = {"model", "label", "group", "seeds", "settings", "teacher_from", "student_ref", "skip", "minutes", "datasets"}
+
+
+def expand(suite: dict) -> list[Cell]:
+    """All cells, teachers first (distilled cells need their checkpoints), then file order."""
+    where = suite["_path"]
+    seeds = suite.get("seeds") or [2020]
+    common = suite.get("settings") or {}
+    datasets = suite["datasets"]
+    if isinstance(datasets, list):
+        datasets = {d: {} for d in datasets}
+    labels = set()
+    cells = []
+    for i, entry in enumerate(suite["models"]):
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        unknown = set(entry) - _MODEL_KEYS
+        if unknown or "model" not in entry:
+            raise SuiteError(f"{where}: models[{i}] needs 'model' and takes only {sorted(_MODEL_KEYS)}; got {sorted(entry)}")
+        label = str(entry.get("label") or entry["model"])
+        if label in labels:
+            raise SuiteError(f"{where}: two models are labelled {label!r}; give each a unique 'label'")
+        labels.add(label)
+        group = entry.get("group") or ("distilled" if entry["model"].startswith("KD-") else
+                                       "transfer" if entry["model"].startswith("Transfer-") else "baseline")
+        if group not in GROUPS:
+            raise SuiteError(f"{where}: models[{i}] ({label}) has group {group!r}; use one of {', '.join(GROUPS)}")
+        skip = entry.get("skip")
+        for ds, ds_settings in datasets.items():
+            if entry.get("datasets") and ds not in entry["datasets"]:
+                continue
+            reason = skip.get(ds) if isinstance(skip, dict) else skip
+            minutes = entry.get("minutes")
+            minutes = minutes.get(ds) if isinstance(minutes, dict) else minutes
+            for seed in entry.get("seeds") or seeds:
+                settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
+                cells.append(Cell(ds, label, entry["model"], group, int(seed), settings, entry.get("teacher_from"),
+                                  entry.get("student_ref"), reason, minutes, i))
+    for c in cells:
+        if c.teacher_from and c.teacher_from not in labels:
+            raise SuiteError(f"{where}: {c.label} has teacher_from {c.teacher_from!r}, which is no model's label")
+    teachers = {c.teacher_from for c in cells if c.teacher_from}
+    return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.label in teachers else 1, c.order, c.seed))
+
+
+def check_cells(cells: list[Cell], where: str) -> None:
+    """Every cell's model and settings, checked as the CLI checks them (unknown keys are errors here),
+    before any cell runs: a typo in a late row would otherwise surface hours into the suite. The data is
+    not read (a dataset converted later, or on another machine, is fine)."""
+    seen = set()
+    cuda = os.environ.get("CUDA_VISIBLE_DEVICES")  # RecBole's Config sets it; the cells set their own
+    try:
+        for c in cells:
+            key = (c.label, c.model, c.dataset, json.dumps(c.settings, sort_keys=True, default=str))
+            if c.skip is not None or key in seen:
+                continue
+            seen.add(key)
+            try:
+                build_config(c.model, c.dataset, overrides={**c.settings, "strict": True}, check_data=False)
+            except (UnknownModelError, ConfigError) as exc:
+                raise SuiteError(f"{where}: {c.label} on {c.dataset}: {exc}") from None
+    finally:
+        if cuda is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda
+
+
+def output_dir(suite: dict, out: str | None) -> str:
+    if out:
+        return os.path.abspath(out)
+    base = os.path.dirname(suite["_path"])
+    if suite.get("output"):
+        return os.path.normpath(os.path.join(base, suite["output"]))
+    if os.path.basename(base) == "suites":
+        return os.path.join(os.path.dirname(base), "results", suite["name"])
+    return os.path.abspath(f"{suite['name']}-results")
+
+
+def _fmt_minutes(m: float | None) -> str:
+    return "?" if m is None else (f"{m:.1f} min" if m < 120 else f"{m / 60:.1f} h")
+
+
+def selected(cell: Cell, only: list[str] | None) -> bool:
+    """``--only`` patterns (shell-style, case-sensitive) match a cell's label, model, dataset or id."""
+    if not only:
+        return True
+    names = (cell.label, cell.model, cell.dataset, cell.id)
+    return any(fnmatch.fnmatchcase(name, pat) for pat in only for name in names)
+
+
+def _datasets_needed(cell: Cell) -> list[str]:
+    source = (cell.settings or {}).get("source")
+    extra = [source["dataset"]] if isinstance(source, dict) and source.get("dataset") else []
+    return [cell.dataset, *extra]
