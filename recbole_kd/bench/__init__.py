@@ -5,8 +5,9 @@ split, same evaluator), in its own work folder with ``--resume=auto``. A finishe
 as ``cells/<id>.json`` (atomically) the moment it ends, so re-running the suite skips finished
 cells, re-runs failed ones, and an interrupted cell continues from its last epoch checkpoint.
 Cells run elsewhere (e.g. on a GPU machine) merge by copying their ``cells/*.json`` in and
-running ``--render-only`` (``benchmarks/accelerator/`` does both for a machine without internet, see
-docs/benchmarks.md). ``--only
+running ``--render-only``; ``--pack DIR`` (there) packs new cells, logs and teacher checkpoints into files
+within given limits (``--max-file-mib``, ``--max-files``, ``--max-total-mib``) and ``--merge DIR`` (here)
+merges them back (docs/benchmarks.md, "On a machine without internet"). ``--only
 PATTERN`` (repeatable) runs a subset of the cells (shell pattern on label, model, dataset or cell id); the
 report still lists every row, unrun ones as such. ``--data_path DIR`` reads every dataset from ``DIR``
 instead of the suite's ``data_path`` (e.g. a copy of the data on another machine); the cells' settings
@@ -44,7 +45,8 @@ front, KD gain per distilled row).
 
 Layout: ``suite`` (the suite file, ``Cell``, expansion and checks), ``records`` (stored cells),
 ``plots`` (Pareto front, matplotlib), ``report`` (tables, CSV, README), ``runner`` (commands, processes,
-scheduling, ``run_suite``) and ``cli`` (``main``); each module imports only those before it in this list.
+scheduling, ``run_suite``), ``transport`` (``--pack`` / ``--merge``) and ``cli`` (``main``); each module
+imports only those before it in this list.
 This package exports only the names below; the rest is imported from its module.
 """
 from recbole_kd.bench.cli import main
