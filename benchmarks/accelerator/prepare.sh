@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# Prepare this checkout for running benchmark cells on a lent accelerator (run HERE, in the dev venv).
+# Prepare this checkout for running benchmark cells on another machine (e.g. a GPU box without internet);
+# run it HERE, in the project's venv. docs/benchmarks.md, "On a machine without internet".
 #
-#   bash benchmarks/accelerator/prepare.sh SUITE.yaml [bench arguments, e.g. --only 'SASRec-L']
+#   bash benchmarks/accelerator/prepare.sh SUITE.yaml [bench arguments, e.g. --jobs 8 --only 'SASRec-L']
 #
-# 1. downloads the wheels the accelerator lacks into .whl/ (recbole 1.2.1 and the two modules it imports
-#    that are not there; torch, numpy, pandas, scipy, ... are there and are never carried);
-# 2. copies the atomic files of the datasets the selected cells read into .device-data/ (the shared
-#    datasets folder does not travel), and the commit into .device-data/COMMIT;
-# 3. adds both folders to .git/info/exclude, checks that what travels stays under the tool's 64 MiB;
-# 4. prints the `run` call to make (then merge with benchmarks/accelerator/merge.sh).
+# 1. downloads the wheels the other machine is expected to lack into .whl/ (recbole 1.2.1 and the two modules
+#    it imports that are often missing; torch, numpy, pandas, scipy, ... must be there and are not carried);
+# 2. copies the atomic files of the datasets the selected cells read into .device-data/ (a shared datasets
+#    folder outside the checkout does not travel with it), and the commit into .device-data/COMMIT;
+# 3. adds both folders to .git/info/exclude and reports the size of what travels (checkout, wheels, data);
+#    with MAX_MIB set, stops if that is more;
+# 4. prints the command to run there, and the merge to run here afterwards.
 #
-# Environment: PYTHON (default python3; must import recbole_kd), WHEELS (default below).
+# Environment: PYTHON (default python3; must import recbole_kd), WHEELS (default below), WHEEL_PYTHON (the
+# other machine's CPython, default 3.12), WHEEL_PLATFORMS (its pip platform tags, default manylinux x86_64),
+# MAX_MIB (the most your way of copying files there takes, in MiB; default: no check).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
 # recbole 1.2.1 imports colorlog and texttable when imported; its other requirements are either on the
-# accelerator (colorama, psutil, pandas, scipy, scikit-learn, tensorboard, tabulate, tqdm, pyyaml), or
+# other machine (colorama, psutil, pandas, scipy, scikit-learn, tensorboard, tabulate, tqdm, pyyaml), or
 # imported only by code paths we do not use (thop: get_flops; plotly, hyperopt, ray: RecBole's tuning).
 WHEELS=${WHEELS:-"recbole==1.2.1 colorlog==4.7.2 texttable==1.7.2"}
-LIMIT=$((64 * 1024 * 1024))
+WHEEL_PYTHON=${WHEEL_PYTHON:-3.12}
+WHEEL_PLATFORMS=${WHEEL_PLATFORMS:-"manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64"}
+MAX_MIB=${MAX_MIB:-}
+if [ -n "$MAX_MIB" ] && ! awk -v m="$MAX_MIB" 'BEGIN { exit !(m ~ /^[0-9]*\.?[0-9]+$/ && m > 0) }'; then
+    echo "prepare.sh: MAX_MIB=$MAX_MIB: give a number of MiB above 0" >&2
+    exit 2
+fi
 if [ $# -lt 1 ]; then
     echo "usage: bash benchmarks/accelerator/prepare.sh SUITE.yaml [bench arguments]" >&2
     exit 2
@@ -68,11 +78,12 @@ for p in /.whl/ /.device-data/; do
     grep -qxF "$p" "$exclude" 2>/dev/null || echo "$p" >> "$exclude"
 done
 
+platforms=()
+for p in $WHEEL_PLATFORMS; do platforms+=(--platform "$p"); done
 rm -rf .whl && mkdir .whl
 for w in $WHEELS; do
-    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl "$w"
+    "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$WHEEL_PYTHON" --implementation cp \
+        "${platforms[@]}" -d .whl "$w"
 done
 
 rm -rf .device-data && mkdir .device-data
@@ -94,11 +105,11 @@ tree=$( { git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s 2>/dev
 whl=$(du -sb .whl | cut -f1)
 data=$(du -sb .device-data | cut -f1)
 total=$((tree + whl + data))
-awk -v t="$tree" -v w="$whl" -v d="$data" -v s="$total" 'BEGIN {
-    printf "travels: tree %.1f MiB + .whl %.1f MiB + .device-data %.1f MiB = %.1f MiB (limit 64 MiB)\n",
-           t / 1048576, w / 1048576, d / 1048576, s / 1048576 }'
-if [ "$total" -gt "$LIMIT" ]; then
-    echo "prepare.sh: that is over the tool's 64 MiB: select fewer datasets with --only" >&2
+awk -v t="$tree" -v w="$whl" -v d="$data" -v s="$total" -v m="$MAX_MIB" 'BEGIN {
+    printf "travels: tree %.1f MiB + .whl %.1f MiB + .device-data %.1f MiB = %.1f MiB%s\n",
+           t / 1048576, w / 1048576, d / 1048576, s / 1048576, (m == "" ? "" : " (MAX_MIB " m ")") }'
+if [ -n "$MAX_MIB" ] && awk -v s="$total" -v m="$MAX_MIB" 'BEGIN { exit !(s > m * 1048576) }'; then
+    echo "prepare.sh: that is over MAX_MIB=$MAX_MIB: select fewer cells (and so datasets) with --only" >&2
     exit 1
 fi
 case $(realpath "$SUITE") in
@@ -109,14 +120,13 @@ case $(realpath "$SUITE") in
 esac
 
 "$PY" - "$SUITE" "$@" <<'EOF'
-import json, os, shlex, sys
+import os, shlex, sys
 suite = os.path.relpath(os.path.realpath(sys.argv[1]))
-command = "SMOKE=1 RUN_BUDGET_S=540 bash benchmarks/accelerator/run.sh " + shlex.join([suite, *sys.argv[2:]])
-if len(command) > 2000:
-    sys.exit(f"prepare.sh: the command is {len(command)} characters; the tool takes 2000")
-print("\nthe device call (tool `run`); if status's budget_left_s is short, lower timeout_s and keep "
-      "RUN_BUDGET_S about 60 s under it; SMOKE=1 (a 1-epoch KD run on ml-100k first, stops early if the GPU "
-      "path fails) can go once it has passed there:")
-print(json.dumps({"command": command, "timeout_s": 600, "carry": [".whl", ".device-data"]}))
-print("then, here: bash benchmarks/accelerator/merge.sh " + shlex.quote(suite) + " FILES_AT  (the folder the tool names)")
+print("\ncopy this checkout, with .whl/ and .device-data/, to the other machine; there, in its root (SMOKE=1: a "
+      "1-epoch KD run on ml-100k first, which stops early if the GPU path fails; PACK_ARGS: the limits of the way "
+      "you copy files back, e.g. PACK_ARGS='--max-file-mib 16 --max-files 8'; RUN_BUDGET_S: a time limit; the "
+      "header of run.sh lists every variable):")
+print("    SMOKE=1 OUT=/path/to/out bash benchmarks/accelerator/run.sh " + shlex.join([suite, *sys.argv[2:]]))
+print("then copy /path/to/out back and, here:")
+print("    python -m recbole_kd bench " + shlex.quote(suite) + " --merge /path/to/copied/out")
 EOF

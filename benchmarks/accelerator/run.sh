@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
-# Run benchmark cells on a lent accelerator (or, to test it, on any machine) and pack what they produced.
+# Run benchmark cells on another machine (e.g. a GPU box without internet) and pack what they produced, so
+# that it can be copied back and merged (docs/benchmarks.md, "On a machine without internet").
 #
-#   bash benchmarks/accelerator/run.sh SUITE.yaml [bench arguments, e.g. --only 'SASRec-L']
+#   bash benchmarks/accelerator/run.sh SUITE.yaml [bench arguments, e.g. --jobs 8 --only 'SASRec-L']
 #
-# Run from anywhere; works in the repository root. Steps: install the wheels in .whl/ into $SITE if
-# `recbole` cannot be imported; print python/torch/CUDA; run `python -m recbole_kd bench SUITE --data_path
-# .device-data --out $BENCH_OUT ARGS` (cells use CUDA when torch sees a GPU: RecBole's use_gpu/gpu_id
-# defaults, gpu_id '0'); always (trap, and a snapshot of cells/ every minute in case the command is
-# killed) pack new cells, logs and teacher checkpoints into $OUT (cells.tar.gz, logs.tar.gz,
-# teacher-*.tar*, run.log). Merge them here with benchmarks/accelerator/merge.sh.
+# Run it there, in a copy of a checkout prepared with prepare.sh (it works in the repository root). Steps:
+# install the wheels in .whl/ into $SITE if `recbole` cannot be imported; print python/torch/CUDA; run
+# `python -m recbole_kd bench SUITE --data_path .device-data --out $BENCH_OUT ARGS` (cells use CUDA when torch
+# sees a GPU: RecBole's use_gpu/gpu_id defaults, gpu_id '0'); always (on exit, and every SNAPSHOT_S seconds a
+# cells-only pack in case the script is killed) pack new cells, logs and teacher checkpoints into $OUT with
+# `bench SUITE --pack $OUT $PACK_ARGS` (cells.tar.gz, logs.tar.gz, teacher-*.tar*; this script's log is
+# run.log there). Copy $OUT back and merge it: `python -m recbole_kd bench SUITE --merge DIR`.
 #
 # Environment (all optional):
-#   OUT           where the packed files go (the device tool sets it; default /tmp/recbole-kd-out)
-#   RUN_BUDGET_S  seconds this script may take in all (default 540, for the tool's 600 s limit); the bench
-#                 is interrupted (finished cells kept) so that packing still happens inside the budget
-#   BENCH_OUT     the bench output folder (default /tmp/recbole-kd-bench/<suite name>: outside the copy of
-#                 the tree, so a second call on a still-warm machine resumes); it is first filled with the
-#                 repository's finished cells of the suite, which are then skipped, not run again
+#   OUT           folder the packed files go to (default /tmp/recbole-kd-out)
+#   PACK_ARGS     the limits of the way you copy files back, as `bench --pack` options, e.g.
+#                 PACK_ARGS="--max-file-mib 16 --max-files 8 --max-total-mib 64" (files already in $OUT, such as
+#                 run.log, count); default: no limits
+#   RUN_BUDGET_S  seconds this script may take in all (default: no limit); the bench is interrupted
+#                 PACK_RESERVE_S (default 45) before, finished cells kept, so that packing happens within it
+#   BENCH_OUT     the bench output folder (default /tmp/recbole-kd-bench/<suite name>: outside the checkout,
+#                 so running the script again on the same machine resumes); it is first filled with the
+#                 checkout's finished cells of the suite, which are then skipped, not run again, nor packed
 #   DEVICE_DATA   data folder (default .device-data, filled by prepare.sh; relative to the repository root)
 #   SITE          where wheels are installed (default /tmp/site)
 #   PYTHON        python to use (default python3)
-#   SNAPSHOT_S    seconds between snapshots of cells/ into $OUT (default 60)
+#   SNAPSHOT_S    seconds between cells-only packs into $OUT while the bench runs (default 60; 0: none)
 #   SMOKE=1       first a one-epoch KD-SASRec run on the embedded ml-100k (teacher included, ~1 min on
 #                 a CPU): stops here, before the cells, if it fails or does not run on the GPU torch sees
 set -u
@@ -38,10 +43,10 @@ for a in "$@"; do
 done
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/recbole-kd-out}
-BUDGET=${RUN_BUDGET_S:-540}
+BUDGET=${RUN_BUDGET_S:-}
 DATA=${DEVICE_DATA:-$ROOT/.device-data}
 SITE=${SITE:-/tmp/site}
-PACK_RESERVE=45  # seconds kept for packing after the bench is interrupted
+PACK_RESERVE=${PACK_RESERVE_S:-45}  # seconds kept for packing after the bench is interrupted
 mkdir -p "$OUT"
 exec 3>&1 4>&2 > >(tee -a "$OUT/run.log") 2>&1
 tee_pid=$!
@@ -50,7 +55,6 @@ export PYTHONUNBUFFERED=1
 bench_rc=none
 snapshot_pid=
 BENCH_OUT=${BENCH_OUT:-}
-REPO_OUT=
 stop_snapshots=$(mktemp -u /tmp/recbole-kd-stop.XXXXXX)
 pack() {
     if [ -n "$snapshot_pid" ]; then  # let a snapshot being written finish, then stop the loop
@@ -59,9 +63,9 @@ pack() {
         rm -f "$stop_snapshots"
     fi
     if [ -n "$BENCH_OUT" ] && [ -d "$BENCH_OUT" ]; then
-        "$PY" benchmarks/accelerator/cells.py pack --bench-out "$BENCH_OUT" ${REPO_OUT:+--repo-out "$REPO_OUT"} \
-            --dest "$OUT" --since "$started" --note "bench_rc=$bench_rc" --note "suite=$SUITE" \
-            || echo "[run.sh] packing failed" >&2
+        # shellcheck disable=SC2086  # PACK_ARGS: options, split on spaces
+        "$PY" -m recbole_kd bench "$SUITE" --out "$BENCH_OUT" --pack "$OUT" --since "$started" \
+            --note "bench_rc=$bench_rc" ${PACK_ARGS:-} || echo "[run.sh] packing failed" >&2
     else
         echo "[run.sh] nothing to pack (the bench did not start)" >&2
     fi
@@ -72,9 +76,9 @@ pack() {
 trap pack EXIT
 trap 'exit 130' INT TERM
 
-# 1. packages: the device has torch, numpy, pandas, scipy, ... but not recbole and two of its imports
+# 1. packages: torch, numpy, pandas, scipy, ... are expected here; recbole and two of its imports may come as wheels
 if ! "$PY" -c "import recbole" 2>/dev/null; then
-    ls .whl/*.whl >/dev/null 2>&1 || { echo "[run.sh] recbole is not installed and .whl/ has no wheels: run benchmarks/accelerator/prepare.sh here and carry .whl" >&2; exit 3; }
+    ls .whl/*.whl >/dev/null 2>&1 || { echo "[run.sh] recbole is not installed and .whl/ has no wheels: run benchmarks/accelerator/prepare.sh on a machine with internet and copy .whl/ along" >&2; exit 3; }
     echo "[run.sh] installing $(ls .whl/*.whl | xargs -n1 basename | tr '\n' ' ')into $SITE"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 3
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
@@ -129,21 +133,29 @@ if [ -d "$REPO_OUT/cells" ]; then  # finished cells of the repository: skipped, 
 fi
 echo "[run.sh] suite $name: bench output $BENCH_OUT ($(ls "$BENCH_OUT/cells" | wc -l) cell files there before the run)"
 
-# 4. a snapshot of cells/ every minute (SNAPSHOT_S): if the command is killed at the tool's limit, these come back
-( n=0
-  while [ ! -e "$stop_snapshots" ]; do
-      sleep 2; n=$((n + 2))
-      if [ "$n" -ge "${SNAPSHOT_S:-60}" ]; then
-          n=0
-          "$PY" benchmarks/accelerator/cells.py pack --cells-only --bench-out "$BENCH_OUT" \
-              ${REPO_OUT:+--repo-out "$REPO_OUT"} --dest "$OUT" --note "suite=$SUITE" >/dev/null 2>&1
-      fi
-  done ) &
-snapshot_pid=$!
+# 4. a cells-only pack every SNAPSHOT_S seconds: if the script is killed before it packs, these are in $OUT
+if [ "${SNAPSHOT_S:-60}" -gt 0 ]; then
+    ( n=0
+      while [ ! -e "$stop_snapshots" ]; do
+          sleep 2; n=$((n + 2))
+          if [ "$n" -ge "${SNAPSHOT_S:-60}" ]; then
+              n=0
+              # shellcheck disable=SC2086
+              "$PY" -m recbole_kd bench "$SUITE" --out "$BENCH_OUT" --pack "$OUT" --cells-only \
+                  --note "snapshot=1" ${PACK_ARGS:-} >/dev/null 2>&1
+          fi
+      done ) &
+    snapshot_pid=$!
+fi
 
 # 5. the cells
 data_args=(--data_path "$DATA")
 for a in "$@"; do case $a in --data_path|--data_path=*) data_args=() ;; esac; done
+if [ -z "$BUDGET" ]; then
+    "$PY" -m recbole_kd bench "$SUITE" --out "$BENCH_OUT" "${data_args[@]}" "$@"
+    bench_rc=$?
+    exit "$bench_rc"
+fi
 left=$(( BUDGET - ($(date +%s) - started) - PACK_RESERVE ))
 if [ "$left" -lt 30 ]; then
     echo "[run.sh] only $left s left of RUN_BUDGET_S=$BUDGET: not starting the bench" >&2
