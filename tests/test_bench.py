@@ -566,3 +566,42 @@ def test_a_row_never_averages_seeds_of_two_protocol_generations(tmp_path):
     report = (tmp_path / "README.md").read_text()
     assert "| student | SASRec-S | SASRec-S | 1/3 (+2 RecBole-only) | 0.0500 | 0.0400 |" in report
     assert "leaves out N seeds stored before both protocols were recorded" in report
+
+
+def test_the_headline_is_chosen_on_validation_not_on_test(tmp_path):
+    """Two transfer rows against one target-only row: the one with the better validation NDCG@10 is the
+    headline, although the other has the better test NDCG@10; the report names it with its ratio."""
+    import yaml
+
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1, 2], "datasets": {"a": {}},
+        "models": [{"model": "SASRec-S", "label": "alone", "group": "student"},
+                   {"model": "Transfer-SASRec", "label": "good on valid", "group": "transfer", "student_ref": "alone"},
+                   {"model": "Transfer-SASRec", "label": "good on test", "group": "transfer", "student_ref": "alone"}],
+    }))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    valid = {"alone": 0.050, "good on valid": 0.060, "good on test": 0.055}
+    test = {"alone": 0.040, "good on valid": 0.044, "good on test": 0.048}
+    records = {}
+    for c in cells:
+        t = {"ndcg@10": test[c.label] + c.seed * 1e-4, "recall@10": 0.1, "mrr@10": 0.03}
+        v = {"ndcg@10": valid[c.label] + c.seed * 1e-4, "recall@10": 0.1, "mrr@10": 0.03}
+        result = {"num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0, "protocol": "filter_seen", "test_result": t, "best_valid_result": v,
+                  "test_result_by_protocol": {"filter_seen": t, "recbole": t},
+                  "best_valid_result_by_protocol": {"filter_seen": v, "recbole": v}}
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    assert rows["good on valid"]["headline"] and not rows["good on test"]["headline"]
+    assert not rows["alone"]["headline"]
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert ("- **good on valid**: valid NDCG@10 0.0601 ± 0.0001, test NDCG@10 0.0441 ± 0.0001, 1.100x alone "
+            "(worst/best seed 1.097)") in report
+    assert "**good on test**" not in report

@@ -50,6 +50,15 @@ def protocol_result(result: dict, protocol: str) -> dict | None:
     return result.get("test_result") if protocol == RECBOLE else None
 
 
+def protocol_valid(result: dict, protocol: str) -> dict | None:
+    """A cell's best validation metrics (those of the checkpoint it kept) under ``protocol``, or None where
+    they were not recorded."""
+    table = result.get("best_valid_result_by_protocol")
+    if table:
+        return table.get(protocol)
+    return result.get("best_valid_result") if protocol == (result.get("protocol") or RECBOLE) else None
+
+
 def legacy_record(rec: dict) -> bool:
     """A cell stored before every run recorded both protocols (it is run again when selected)."""
     return not (rec.get("result") or {}).get("test_result_by_protocol")
