@@ -605,3 +605,37 @@ def test_the_headline_is_chosen_on_validation_not_on_test(tmp_path):
     assert ("- **good on valid**: valid NDCG@10 0.0601 ± 0.0001, test NDCG@10 0.0441 ± 0.0001, 1.100x alone "
             "(worst/best seed 1.097)") in report
     assert "**good on test**" not in report
+
+
+def test_a_cell_measured_on_other_data_is_run_again_and_never_reported(tmp_path, monkeypatch, capsys):
+    """A finished cell records the sha256 of its dataset's atomic files; after the data changes (e.g. a new
+    conversion) the cell is no longer reported, the dry run says why, and the suite runs it again."""
+    from recbole_kd.bench.cli import main
+    from recbole_kd.bench.records import cell_record, stored_record
+    from recbole_kd.bench.suite import expand, load_suite
+
+    suite = _suite(tmp_path, [{"model": "MF-S", "group": "baseline"}])
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert main([suite, "--out", str(out)]) == 0
+    cell = expand(load_suite(suite))[0]
+    rec = cell_record(str(out), cell)
+    inter = tmp_path / "data" / "tiny" / "tiny.inter"
+    assert rec["result"]["data_files"] == {"tiny.inter": __import__("hashlib").sha256(inter.read_bytes()).hexdigest()}
+    capsys.readouterr()
+    assert main([suite, "--out", str(out), "--dry-run"]) == 0
+    assert "done" in capsys.readouterr().out
+    with open(inter, "a") as f:  # the dataset changes: one more interaction
+        f.write("1\t2\t999999\n")
+    assert cell_record(str(out), cell) is None and stored_record(str(out), cell) is not None
+    assert main([suite, "--out", str(out), "--dry-run"]) == 0
+    assert "to run (data changed)" in capsys.readouterr().out
+    assert main([suite, "--out", str(out), "--render-only"]) == 0
+    assert "| baseline | MF-S | MF-S | 0/1 | not run yet" in (out / "README.md").read_text()
+    (tmp_path / "data" / "tiny" / "tiny.item").write_text("item_id:token\tname:token_seq\n1\ta\n")  # a new file
+    inter.write_text(inter.read_text().rsplit("1\t2\t999999\n", 1)[0])  # the old .inter again
+    assert cell_record(str(out), cell) is None  # the set of files differs
+    (tmp_path / "data" / "tiny" / "tiny.item").unlink()
+    assert cell_record(str(out), cell) is not None  # the data it was measured on: reported again
+    assert main([suite, "--out", str(out)]) == 0  # nothing to run
+    assert rec == cell_record(str(out), cell)
