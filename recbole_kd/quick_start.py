@@ -19,6 +19,7 @@ from recbole.utils import ModelType, dict2str, init_logger, init_seed, set_color
 from recbole_kd import distributed, report  # noqa: E402
 from recbole_kd.checkpoint import item_vocab_hash, plain  # noqa: E402
 from recbole_kd.compat import create_dataset  # noqa: E402  (never unpickles a saved dataset)
+from recbole_kd.datasets.fingerprint import dataset_folder_fingerprint  # noqa: E402
 from recbole_kd.errors import ConfigError  # noqa: E402
 from recbole_kd.launch import launch  # noqa: E402
 from recbole_kd.protocol import attach_seen_items, by_protocol, selected  # noqa: E402
@@ -200,6 +201,9 @@ def _run(config, saved: bool, result_file: str | None, verbose: bool, top: bool)
         "model": config["model"],
         "kind": entry.kind,
         "dataset": config["dataset"],
+        # sha256 of every atomic file of the dataset: a result is only ever compared with data it was measured on
+        "data_path": config["data_path"],
+        "data_files": dataset_folder_fingerprint(config["data_path"], config["dataset"], config["benchmark_filename"]),
         "seed": config["seed"],
         "num_params": count_parameters(model_obj),
         "best_valid_score": float(best_valid_score),

@@ -566,3 +566,76 @@ def test_a_row_never_averages_seeds_of_two_protocol_generations(tmp_path):
     report = (tmp_path / "README.md").read_text()
     assert "| student | SASRec-S | SASRec-S | 1/3 (+2 RecBole-only) | 0.0500 | 0.0400 |" in report
     assert "leaves out N seeds stored before both protocols were recorded" in report
+
+
+def test_the_headline_is_chosen_on_validation_not_on_test(tmp_path):
+    """Two transfer rows against one target-only row: the one with the better validation NDCG@10 is the
+    headline, although the other has the better test NDCG@10; the report names it with its ratio."""
+    import yaml
+
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1, 2], "datasets": {"a": {}},
+        "models": [{"model": "SASRec-S", "label": "alone", "group": "student"},
+                   {"model": "Transfer-SASRec", "label": "good on valid", "group": "transfer", "student_ref": "alone"},
+                   {"model": "Transfer-SASRec", "label": "good on test", "group": "transfer", "student_ref": "alone"}],
+    }))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    valid = {"alone": 0.050, "good on valid": 0.060, "good on test": 0.055}
+    test = {"alone": 0.040, "good on valid": 0.044, "good on test": 0.048}
+    records = {}
+    for c in cells:
+        t = {"ndcg@10": test[c.label] + c.seed * 1e-4, "recall@10": 0.1, "mrr@10": 0.03}
+        v = {"ndcg@10": valid[c.label] + c.seed * 1e-4, "recall@10": 0.1, "mrr@10": 0.03}
+        result = {"num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0, "protocol": "filter_seen", "test_result": t, "best_valid_result": v,
+                  "test_result_by_protocol": {"filter_seen": t, "recbole": t},
+                  "best_valid_result_by_protocol": {"filter_seen": v, "recbole": v}}
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    assert rows["good on valid"]["headline"] and not rows["good on test"]["headline"]
+    assert not rows["alone"]["headline"]
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert ("- **good on valid**: valid NDCG@10 0.0601 ± 0.0001, test NDCG@10 0.0441 ± 0.0001, 1.100x alone "
+            "(worst/best seed 1.097)") in report
+    assert "**good on test**" not in report
+
+
+def test_a_cell_measured_on_other_data_is_run_again_and_never_reported(tmp_path, monkeypatch, capsys):
+    """A finished cell records the sha256 of its dataset's atomic files; after the data changes (e.g. a new
+    conversion) the cell is no longer reported, the dry run says why, and the suite runs it again."""
+    from recbole_kd.bench.cli import main
+    from recbole_kd.bench.records import cell_record, stored_record
+    from recbole_kd.bench.suite import expand, load_suite
+
+    suite = _suite(tmp_path, [{"model": "MF-S", "group": "baseline"}])
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert main([suite, "--out", str(out)]) == 0
+    cell = expand(load_suite(suite))[0]
+    rec = cell_record(str(out), cell)
+    inter = tmp_path / "data" / "tiny" / "tiny.inter"
+    assert rec["result"]["data_files"] == {"tiny.inter": __import__("hashlib").sha256(inter.read_bytes()).hexdigest()}
+    capsys.readouterr()
+    assert main([suite, "--out", str(out), "--dry-run"]) == 0
+    assert "done" in capsys.readouterr().out
+    with open(inter, "a") as f:  # the dataset changes: one more interaction
+        f.write("1\t2\t999999\n")
+    assert cell_record(str(out), cell) is None and stored_record(str(out), cell) is not None
+    assert main([suite, "--out", str(out), "--dry-run"]) == 0
+    assert "to run (data changed)" in capsys.readouterr().out
+    assert main([suite, "--out", str(out), "--render-only"]) == 0
+    assert "| baseline | MF-S | MF-S | 0/1 | not run yet" in (out / "README.md").read_text()
+    (tmp_path / "data" / "tiny" / "tiny.item").write_text("item_id:token\tname:token_seq\n1\ta\n")  # a new file
+    inter.write_text(inter.read_text().rsplit("1\t2\t999999\n", 1)[0])  # the old .inter again
+    assert cell_record(str(out), cell) is None  # the set of files differs
+    (tmp_path / "data" / "tiny" / "tiny.item").unlink()
+    assert cell_record(str(out), cell) is not None  # the data it was measured on: reported again
+    assert main([suite, "--out", str(out)]) == 0  # nothing to run
+    assert rec == cell_record(str(out), cell)

@@ -10,8 +10,10 @@ import json
 import os
 
 from recbole_kd.bench.suite import Cell
+from recbole_kd.datasets.fingerprint import data_files
 from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
 from recbole_kd.protocol import FILTER_SEEN, RECBOLE
+from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
 
 
 def _read_json(path: str):
@@ -22,12 +24,47 @@ def _read_json(path: str):
         return None
 
 
-def cell_record(out: str, cell: Cell) -> dict | None:
-    """The stored result of ``cell`` if it finished with the same settings."""
+def cell_record(out: str, cell: Cell, data_path: str | None = None) -> dict | None:
+    """The stored result of ``cell`` if it finished with the same settings on the same data (``data_path``:
+    bench's ``--data_path``, else the cell's own)."""
+    rec = stored_record(out, cell)
+    if rec and not data_changed(rec, cell, data_path):
+        return rec
+    return None
+
+
+def stored_record(out: str, cell: Cell) -> dict | None:
+    """The stored result of ``cell`` if it finished with the same settings (whatever data it read)."""
     rec = _read_json(os.path.join(out, "cells", cell.id + ".json"))
     if rec and rec.get("status") == "ok" and rec.get("config_hash") == cell.config_hash and not _stale_kd(rec, cell):
         return rec
     return None
+
+
+_SHA256: dict = {}
+
+
+def _sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = file_sha256(path)
+    return _SHA256[key]
+
+
+def data_changed(rec: dict, cell: Cell, data_path: str | None = None) -> bool:
+    """Whether the atomic files of the cell's dataset differ from those its run read (``data_files`` of its
+    result: a file changed, was added or is gone): a number measured on other data (e.g. an earlier
+    conversion) is not reported as today's, and the cell runs again. False when the record names no files
+    (stored before runs recorded them) or the dataset's folder is not on this machine."""
+    result = rec.get("result") or {}
+    files = result.get("data_files")
+    base = data_path or (cell.settings or {}).get("data_path")
+    folder = os.path.join(base, cell.dataset) if base else result.get("data_path")
+    if not files or not folder or not os.path.isdir(folder):
+        return False
+    now = data_files(folder, cell.dataset, None, (cell.settings or {}).get("benchmark_filename"))
+    return sorted(now) != sorted(files) or any(_sha256(os.path.join(folder, n)) != files[n] for n in now)
 
 
 def _stale_kd(rec: dict, cell: Cell) -> bool:
@@ -48,6 +85,15 @@ def protocol_result(result: dict, protocol: str) -> dict | None:
     if table:
         return table.get(protocol)
     return result.get("test_result") if protocol == RECBOLE else None
+
+
+def protocol_valid(result: dict, protocol: str) -> dict | None:
+    """A cell's best validation metrics (those of the checkpoint it kept) under ``protocol``, or None where
+    they were not recorded."""
+    table = result.get("best_valid_result_by_protocol")
+    if table:
+        return table.get(protocol)
+    return result.get("best_valid_result") if protocol == (result.get("protocol") or RECBOLE) else None
 
 
 def legacy_record(rec: dict) -> bool:

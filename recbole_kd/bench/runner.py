@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from recbole_kd.bench.records import _read_json, cell_record, failed_record, legacy_record
+from recbole_kd.bench.records import _read_json, cell_record, failed_record, legacy_record, stored_record
 from recbole_kd.bench.report import render
 from recbole_kd.bench.suite import (
     Cell,
@@ -279,11 +279,13 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
     if not render_only:
         check_cells(cells, suite["_path"])
     out = output_dir(suite, out)
-    records = {}
+    records, changed = {}, set()
     for c in cells:
-        rec = cell_record(out, c)
+        rec = cell_record(out, c, os.path.abspath(data_path) if data_path else None)
         if rec:
             records[(c.dataset, c.label, c.seed)] = rec
+        elif stored_record(out, c):  # finished, on other data than there is now: run again, never reported
+            changed.add(c.id)
     if only and not any(selected(c, only) for c in cells):
         raise SuiteError(f"--only {' '.join(only)} matches no cell of {path}; "
                          "patterns match a label, model, dataset or cell id (see --dry-run)")
@@ -305,6 +307,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
                      "to run (one protocol)" if (c.dataset, c.label, c.seed) in stale and selected(c, only) else
                      "done (one protocol)" if (c.dataset, c.label, c.seed) in stale else
                      "done" if (c.dataset, c.label, c.seed) in records else
+                     ("to run (data changed)" if selected(c, only) else "data changed") if c.id in changed else
                      f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
                      "failed before" if failed_record(out, c) else "to run")
             runs = state.startswith(("to run", "failed"))

@@ -22,6 +22,7 @@ import os
 import sys
 
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, plain
+from recbole_kd.datasets.fingerprint import data_files, data_fingerprint  # noqa: F401  (also importable from here)
 from recbole_kd.kd.teacher_spec import SPLIT_KEYS, split_settings
 from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
 
@@ -39,7 +40,6 @@ LOCAL_KEYS = frozenset({
     "device", "gpu_id", "use_gpu", "local_rank", "nproc", "world_size", "ip", "port", "offset", "single_spec",
     "resume", "worker", "show_progress", "log_wandb", "wandb_project", "config_files",
 })
-_ATOMIC = ("inter", "user", "item", "kg", "link", "net")
 
 
 # ---- reading the zoo --------------------------------------------------------------------------------
@@ -97,29 +97,6 @@ def check_weights(card: dict) -> str:
         raise CheckpointError(f"pretrained teacher {card['name']}: {path} does not match the sha256 in its card "
                               "(changed or corrupt); reinstall recbole-kd or set teacher_pretrained=False")
     return path
-
-
-# ---- the data fingerprint ---------------------------------------------------------------------------
-def data_files(folder: str, dataset: str, load_col, benchmark_filename=None) -> list[str]:
-    """The atomic files a run reads: those ``load_col`` names (every one present when it is None), the
-    benchmark parts instead of ``.inter`` when ``benchmark_filename`` is set."""
-    if isinstance(load_col, dict):
-        suffixes = list(load_col)
-    else:
-        suffixes = [s for s in _ATOMIC if os.path.isfile(os.path.join(folder, f"{dataset}.{s}"))]
-    names = []
-    for suffix in suffixes:
-        if suffix == "inter" and benchmark_filename:
-            names += [f"{dataset}.{part}.inter" for part in benchmark_filename]
-        else:
-            names.append(f"{dataset}.{suffix}")
-    return sorted(n for n in names if os.path.isfile(os.path.join(folder, n)))
-
-
-def data_fingerprint(folder: str, dataset: str, load_col, benchmark_filename=None) -> dict:
-    """{file name: sha256} of the atomic files a run of ``dataset`` in ``folder`` reads."""
-    return {n: file_sha256(os.path.join(folder, n))
-            for n in data_files(folder, dataset, load_col, benchmark_filename)}
 
 
 def wants_pretrained(config) -> tuple[dict | None, str | None]:
