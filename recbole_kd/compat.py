@@ -1,5 +1,8 @@
 """The one place where RecBole 1.2.1 is made to work on today's stack, and safe.
 
+(Over 400 lines on purpose: every RecBole trap is handled here and nowhere else, so a reader finds them all
+in one file, each next to its explanation.)
+
 Each shim below is idempotent, applied by :func:`apply` (called when
 ``recbole_kd`` is imported), and has a test that fails without it: (a)-(e) and (i)-(k) in
 ``tests/test_compat.py``, the safety shims (f)-(h) in ``tests/test_hardening.py``.

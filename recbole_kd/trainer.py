@@ -7,6 +7,9 @@ RecBole's (wrapped: the final training state is saved after it returns).
 Every epoch starts by writing ``<model>-<dataset>-<run key>-last.pth`` (weights, optimizer,
 early-stopping state, random states, epoch counter; atomically), so ``--resume`` continues a
 killed run exactly where its last finished epoch left it.
+
+(Over 400 lines: the checkpoint, resume and evaluation hooks share the trainer's state, and splitting the
+mixin would spread one class over several files.)
 """
 from __future__ import annotations
 

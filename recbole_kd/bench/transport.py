@@ -18,6 +18,8 @@ packing again after more cells ran does not copy the same large files twice.
 ``merge`` copies packed cells into the suite's results folder: new cells are added, a failure never replaces
 a finished cell, a finished cell that differs from the local one is kept local unless ``force``; teacher
 checkpoints are unpacked where the merged cell records point. Bad input raises ``SuiteError``.
+
+(Just over 400 lines: packing and merging are two halves of one file format, kept together.)
 """
 from __future__ import annotations
 
