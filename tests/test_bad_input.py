@@ -276,6 +276,7 @@ Trainer._train_epoch = _train_epoch
 '''
 
 
+@pytest.mark.slow
 def test_kill_during_epoch_0_then_resume(tmp_path):
     import json
     import signal

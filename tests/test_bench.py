@@ -40,6 +40,7 @@ def _bench(*args, **kwargs):
                             preexec_fn=_default_sigint, **kwargs)
 
 
+@pytest.mark.slow
 def test_kill_after_first_cell_then_resume(tmp_path):
     suite = _suite(tmp_path, [{"model": "SASRec-S", "group": "student"}, {"model": "MF-S", "group": "baseline"}])
     out = tmp_path / "out"
@@ -75,6 +76,7 @@ def test_kill_after_first_cell_then_resume(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch, capsys):
     from recbole_kd.bench.cli import main
     from recbole_kd.bench.runner import run_suite
@@ -130,6 +132,7 @@ def test_teacher_from_and_ratio_columns(tmp_path, monkeypatch, capsys):
     assert json.loads((out / "cells" / f"{kd_cell.id}.json").read_text())["result"]["teacher_source"] == "checkpoint"
 
 
+@pytest.mark.slow
 def test_transfer_cells_share_their_source_model(tmp_path, monkeypatch):
     from recbole_kd.bench.runner import run_suite
     from test_transfer import write_source
@@ -326,6 +329,7 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
     assert runner.cell_threads(1) is None and runner.cell_threads(16) == 1 and runner.cell_threads(2) == 4
 
 
+@pytest.mark.slow
 def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
     suite = _suite(tmp_path, [
         {"model": "SASRec-L", "group": "teacher"},

@@ -109,6 +109,7 @@ def test_mismatched_teacher_checkpoint_cli_exit_2(tiny_data, zoo, tmp_path):
     assert len(lines) == 1 and "item vocabulary" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["KD-SASRec", "KD-MF"])
 def test_cli_one_epoch_on_ml100k(model, zoo, tmp_path):
     out = tmp_path / "r.json"

@@ -66,17 +66,6 @@ def test_registered_model_runs_one_epoch(name, tiny_data, workdir):
     assert res["num_params"] > 0
 
 
-@pytest.mark.parametrize("module", ["recbole_kd.kd.teacher", "recbole_kd.kd.trainer", "recbole_kd.transfer.trainer",
-                                    "recbole_kd.bench", "recbole_kd.models.windows"])
-def test_every_module_imports_first(module):
-    """No import cycle: any module can be the first one a user (or a script) imports."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-1500:]
-
-
 def test_ml1m_dataset_yaml_gives_its_settings_to_student_and_teacher():
     """`--dataset=ml-1m` alone: max length 200, dropout 0.2, patience 10 for the model and the teacher a
     KD run trains (the dataset yaml applies to both); other datasets keep the package defaults."""

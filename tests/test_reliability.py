@@ -59,6 +59,7 @@ def _killed_run(tmp_path, args, mode, at):
         os.environ.update(env_before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec-S", "MF-S", "KD-SASRec"])
 def test_kill_9_then_resume_matches_uninterrupted_run(model, tmp_path):
     data = write_tiny_dataset(tmp_path / "data")

@@ -99,6 +99,7 @@ def test_teacher_cache_built_across_ranks_equals_single_process(tiny_data, workd
     assert proc.stdout.count("cache equal") == 2
 
 
+@pytest.mark.slow
 def test_kd_sasrec_two_processes_follow_the_single_process_protocol(tiny_data, workdir):
     """KD-SASRec, 1 epoch, 2 processes on CPU (gloo) vs one process: the teacher is trained once (by
     the launcher), ranks stay in sync, rank 0 evaluates the same test users, metrics are within
@@ -199,6 +200,7 @@ learning_rate choice [0.001, 0.01]
 """
 
 
+@pytest.mark.slow
 def test_tuning_two_trials_through_ray_writes_results(tiny_data, workdir):
     """A Ray Tune search (2 trials, grid) over KD-SASRec on tiny data: one teacher for all trials,
     one JSON per trial, results.json/csv and a report ranked by the validation metric."""

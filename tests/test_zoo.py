@@ -223,6 +223,7 @@ def test_zoo_command_and_list_show_the_shipped_teachers(capsys):
     assert all(listed[name] == "pretrained" for name in names)
 
 
+@pytest.mark.slow
 @requires_shared("amazon-beauty-5core")
 def test_shipped_beauty_teacher_reproduces_its_card(tmp_path, monkeypatch):
     """Loads the shipped weights through the checked path and evaluates them on the shared data: the test
