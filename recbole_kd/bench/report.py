@@ -39,6 +39,10 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         row = {"dataset": ds, "label": label, "model": c0.model, "group": c0.group, "seeds_planned": len(group_cells),
                "seeds": [r["seed"] for r in runs], "skip": c0.skip, "teacher_from": c0.teacher_from,
                "student_ref": c0.student_ref, "superseded_seeds": superseded}
+        if c0.ensemble:  # an ensemble teacher: evaluated once from its members (the row "<label> member")
+            row["ensemble_seeds"] = list(c0.ensemble)
+        if c0.row_label:
+            row["member_of"] = c0.row_label
         if not runs:
             fails = [failed_record(out, c) for c in group_cells]
             fails = [f for f in fails if f]
@@ -174,6 +178,8 @@ def _student_ref(row, same):
 
 
 def _teacher_ref(row, same):
+    if row.get("member_of"):  # an ensemble's members, compared with the ensemble
+        return next((r for r in same if r["label"] == row["member_of"]), None)
     if row["group"] == "teacher":
         return row
     if row["teacher_from"]:
@@ -261,8 +267,9 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
 
                 on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
                 o = row.get(other) or {}
+                model = row["model"] + (f" ensemble x{len(row['ensemble_seeds'])}" if row.get("ensemble_seeds") else "")
                 lines.append(
-                    f"| {group} | {row['label']} | {row['model']} | {seeds} | {_fmt(row['ndcg@10'])} | "
+                    f"| {group} | {row['label']} | {model} | {seeds} | {_fmt(row['ndcg@10'])} | "
                     f"{_fmt(o.get('ndcg@10'))} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | {row['num_params']:,} | {row['latency_ms']:.1f}{on} | "
                     f"{row['seconds_per_epoch']:.2f}{on} | {row['epochs']:.0f} | {ratio('vs_student_alone')} | "
                     f"{ratio('vs_teacher')} |")
