@@ -205,8 +205,12 @@ def _machines_line(recs) -> str:
         m = rec.get("machine") or {}
         key = (m.get("gpu") or m.get("cpu") or "unknown machine", m.get("cores"), m.get("device", "cpu"), m.get("torch"))
         counts[key] = counts.get(key, 0) + 1
-    return "; ".join(f"{n} cell{'s' if n > 1 else ''} on {name} ({cores} cores, {device}, torch {torch})"
-                     for (name, cores, device, torch), n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    def where(name, cores, device, torch):  # a part a cell did not record (e.g. converted cells) is left out
+        parts = [f"{cores} cores" if cores else None, device, f"torch {torch}" if torch else None]
+        return f"{name} ({', '.join(p for p in parts if p)})"
+
+    return "; ".join(f"{n} cell{'s' if n > 1 else ''} on {where(*key)}"
+                     for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:

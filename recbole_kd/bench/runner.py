@@ -243,7 +243,8 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, 
 
 
 def estimate_minutes(cell: Cell, done: dict) -> float | None:
-    same = [r["wall_seconds"] / 60 for (ds, label, _), r in done.items() if ds == cell.dataset and label == cell.label]
+    same = [r["wall_seconds"] / 60 for (ds, label, _), r in done.items()
+            if ds == cell.dataset and label == cell.label and r.get("wall_seconds") is not None]
     if same:
         return statistics.mean(same)
     return float(cell.minutes) if cell.minutes is not None else None
