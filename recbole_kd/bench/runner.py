@@ -31,6 +31,7 @@ from recbole_kd.bench.suite import (
     output_dir,
     selected,
 )
+from recbole_kd.kd.teacher import evaluate_checkpoints
 from recbole_kd.utils import git_commit, machine_info, write_json_atomic
 
 
@@ -113,8 +114,6 @@ def _ensemble_command(cell: Cell, out: str, records: dict, data_path: str | None
 def evaluate_ensemble(job: str) -> None:
     """An ensemble cell's process: the members' checkpoints evaluated once as one model (mean of their
     log-probabilities) on the same split and evaluator as a training run (``evaluate_checkpoints``)."""
-    from recbole_kd.kd.teacher import evaluate_checkpoints
-
     job = json.loads(job)
     result = evaluate_checkpoints(job["dataset"], job["checkpoints"], job["settings"])
     write_json_atomic(job["result_file"], {**result, "machine": machine_info()})
