@@ -196,3 +196,34 @@ def test_the_report_shows_the_ensemble_and_its_members_mean(tmp_path):
     lines = [line for line in report.splitlines() if line.startswith("| teacher |")]
     assert lines[0].startswith("| teacher | T | SASRec-L ensemble x2 | 1/1 | 0.0500 |")
     assert lines[1].startswith("| teacher | T member | SASRec-L | 2/2 | 0.0430 ± 0.0014 |")
+
+
+def test_the_ensemble_cells_process_evaluates_the_members_as_one_model(tiny_data, tmp_path, monkeypatch):
+    """The ensemble cell's real command (its own process) on two tiny trained members: the record has the
+    ensemble's metrics, as ``evaluate_checkpoints`` gives them, and the members' summed training."""
+    from conftest import REPO
+
+    from recbole_kd.bench.runner import run_cell
+
+    monkeypatch.setenv("PYTHONPATH", REPO)  # the process imports this checkout's package
+    from recbole_kd.quick_start import run
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "ens", "settings": {"epochs": 1, "state": "WARNING"},
+                                    "datasets": {"tiny": {"data_path": tiny_data}},
+                                    "models": [{**ENSEMBLE, "seeds": [1, 2]}]}))
+    cells = expand(load_suite(str(path)))
+    out = tmp_path / "out"
+    records = {}
+    for m in cells[1:]:
+        res = run("SASRec-L", "tiny", overrides={**m.settings, "seed": m.seed, "show_progress": False,
+                                                 "checkpoint_dir": str(out / "work" / m.id / "saved")})
+        res["checkpoint"] = os.path.relpath(res["checkpoint"], out)
+        records[(m.dataset, m.label, m.seed)] = {**m.spec(), "result": res}
+    rec = run_cell(cells[0], str(out), records)
+    assert rec["status"] == "ok", rec.get("error")
+    res = rec["result"]
+    assert res["model"] == "ensemble(SASRec-L x2)" and res["seeds"] == [1, 2] and res["epochs_run"] == 2
+    assert res["checkpoints"] == [records[("tiny", "T member", s)]["result"]["checkpoint"] for s in (1, 2)]
+    assert res["num_params"] == 2 * records[("tiny", "T member", 1)]["result"]["num_params"]
+    assert set(res["test_result_by_protocol"]) == {"filter_seen", "recbole"} and res["latency_seconds"] > 0
