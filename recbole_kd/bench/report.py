@@ -15,6 +15,7 @@ import statistics
 from recbole_kd.bench.plots import _plots
 from recbole_kd.bench.records import PROTOCOL_NAMES, failed_record, legacy_record, protocol_result, protocol_valid
 from recbole_kd.bench.suite import GROUPS, Cell, _fmt_minutes
+from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
 from recbole_kd.models.distill import ALIASES
 from recbole_kd.protocol import FILTER_SEEN, PROTOCOLS, RECBOLE
 from recbole_kd.registry import get_entry
@@ -73,6 +74,8 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         row["epochs"] = statistics.mean([r["epochs_run"] for r in res])
         row["train_minutes"] = statistics.mean([r["train_seconds"] for r in res]) / 60
         row["devices"] = sorted({(r.get("machine") or {}).get("device", "cpu") for r in runs})
+        if any(distilled_from_raw_top_k(c0.model, r) for r in res):  # a suite row with kd_mask_seen: False
+            row["raw_top_k"] = True
         row["status"] = "ok"
         rows.append(row)
     # each dataset is reported under one protocol (the one its cells selected; filter_seen by default), the
@@ -247,7 +250,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                   f"| group | row | model | seeds | test NDCG@10 ({pm}) | NDCG@10 ({po}) | Recall@10 | MRR@10 | params "
                   "| latency 256 users (ms) | s / epoch | epochs | vs student alone | vs teacher |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        legacy = superseded = False
+        legacy = superseded = raw = False
         for group in GROUPS:
             for row in (r for r in ds_rows if r["group"] == group):
                 if row["status"] != "ok":
@@ -255,6 +258,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                                  f"{row['status']} | | | | | | | | | |")
                     continue
                 legacy = legacy or not row.get(main)
+                raw = raw or bool(row.get("raw_top_k"))
                 superseded = superseded or bool(row["superseded_seeds"])
                 seeds = f"{len(row['seeds'])}/{row['seeds_planned']}"
                 if row["superseded_seeds"]:
@@ -272,8 +276,9 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                 on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
                 o = row.get(other) or {}
                 model = row["model"] + (f" ensemble x{len(row['ensemble_seeds'])}" if row.get("ensemble_seeds") else "")
+                label = row["label"] + (" (raw top-K)" if row.get("raw_top_k") and "raw top-K" not in row["label"] else "")
                 lines.append(
-                    f"| {group} | {row['label']} | {model} | {seeds} | {_fmt(row['ndcg@10'])} | "
+                    f"| {group} | {label} | {model} | {seeds} | {_fmt(row['ndcg@10'])} | "
                     f"{_fmt(o.get('ndcg@10'))} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | {row['num_params']:,} | {row['latency_ms']:.1f}{on} | "
                     f"{row['seconds_per_epoch']:.2f}{on} | {row['epochs']:.0f} | {ratio('vs_student_alone')} | "
                     f"{ratio('vs_teacher')} |")
@@ -293,6 +298,10 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
             lines += [f"Rows with `-` under {pm} were run before every cell recorded both protocols: their "
                       f"checkpoint was selected, and their metrics computed, under RecBole's protocol only; running "
                       "the suite again re-measures them.", ""]
+        if raw:
+            lines += ["(raw top-K): distilled from the teacher's raw top-K (`kd_mask_seen: False`), which still holds "
+                      "items the user has already seen (for a SASRec teacher mostly the item just consumed, at "
+                      "rank 1).", ""]
         if superseded:
             lines += ["A seeds count marked `+N RecBole-only` leaves out N seeds stored before both protocols were "
                       "recorded: a row never averages them with newer seeds (their checkpoints were selected under "
