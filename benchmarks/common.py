@@ -2,6 +2,7 @@
 write JSON + markdown with the command and the machine."""
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import sys
@@ -24,6 +25,19 @@ def fail(message: str):
     exit status 2; nothing has been written yet."""
     print(f"{os.path.basename(sys.argv[0])}: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def parse_sets(pairs) -> dict:
+    """``key=value`` settings of a script's command line (``--student_set epochs=40 'kd_losses={...}'``): each
+    value a Python literal where it reads as one, else the string."""
+    out = {}
+    for p in pairs or []:
+        k, v = p.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
 
 
 def run_cell(model, dataset, workdir, **overrides) -> dict:

@@ -23,8 +23,7 @@ import os
 import statistics
 import tempfile
 
-from common import fail, run_cell, write_outputs
-from kd_benchmark import parse_sets
+from common import fail, parse_sets, run_cell, write_outputs
 
 LOSSES = ["hard", "soft", "soft_full", "rd", "rrd", "hint"]
 

@@ -8,8 +8,10 @@ machine load and the ratio is trustworthy.
     python benchmarks/latency.py --dataset ml-100k
     python benchmarks/latency.py --dataset amazon-beauty-5core --data_path ../shared/datasets
 
-A bench suite's cells (their checkpoints under ``benchmarks/results/<suite>/work``, which a run of
-the suite leaves on the machine that ran it):
+reads the cells of the distillation benchmark of the dataset (the bench suite whose results are
+``benchmarks/results/kd_<dataset>``; their checkpoints under its ``work`` folder, which a run of the
+suite leaves on the machine that ran it): its teacher (an ensemble teacher's ensemble cell: every
+member's checkpoint) and its first SASRec-S cell. Any bench suite's cells, by id:
 
     python benchmarks/latency.py --suite ml-1m --compare_attention --dataset ml-1m --data_path ../shared/datasets \
         --cells ml-1m__SASRec-L__seed2020 ml-1m__KD-SASRec_rrd__seed2020
@@ -33,9 +35,8 @@ from common import RESULTS, fail, write_outputs
 
 
 def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
-    """(label, model on the CPU, test loader) of a cell's checkpoint, or of the ensemble teacher of
-    kd_benchmark.py --teacher_seeds (a cell with ``checkpoints``); a bench suite's cell keeps its
-    checkpoint in ``result``."""
+    """(label, model on the CPU, test loader) of a bench cell's checkpoint (its ``result``), or of an
+    ensemble cell's members (``checkpoints``: the ensemble)."""
     from recbole_kd.kd.teacher import load_checkpoints
 
     if "result" in cell:
@@ -47,6 +48,23 @@ def load_model(cell: dict, out: str, dataset: str, data_path: str | None):
         overrides["data_path"] = os.path.abspath(data_path)
     label, model, _, _, test = load_checkpoints(dataset, paths, overrides)
     return label, model.cpu(), test  # timed on the CPU
+
+
+def default_cells(out: str) -> list[str]:
+    """The cells a distillation benchmark is timed on: its teacher (the ensemble cell of an ensemble teacher)
+    and its first SASRec-S cell (the student alone)."""
+    folder = os.path.join(out, "cells")
+    recs = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json") and not name.endswith(".failed.json"):
+            with open(os.path.join(folder, name)) as f:
+                recs.append(json.load(f))
+    teacher = next((r for r in recs if r.get("ensemble")), None) or next(
+        (r for r in recs if r.get("group") == "teacher"), None)
+    student = next((r for r in recs if r.get("group") == "student" and r.get("model") == "SASRec-S"), None)
+    if teacher is None or student is None:
+        fail(f"{folder} has no teacher or no SASRec-S student cell; name the cells with --cells")
+    return [teacher["id"], student["id"]]
 
 
 def set_attention(model, fused: bool):
@@ -74,9 +92,11 @@ def main():
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--data_path", default=None)
     ap.add_argument("--suite", default=None,
-                    help="read the cells of benchmarks/results/<suite> (a bench suite) instead of kd_<dataset>")
-    ap.add_argument("--cells", nargs="+", default=["teacher", "student-seed2020"],
-                    help="cells of benchmarks/results/kd_<dataset>/cells to time (first: the reference)")
+                    help="read the cells of benchmarks/results/<suite> (a bench suite's results folder) instead "
+                         "of kd_<dataset>")
+    ap.add_argument("--cells", nargs="+", default=None,
+                    help="ids of the folder's cells to time (first: the reference); default: the teacher and "
+                         "the first SASRec-S cell")
     ap.add_argument("--checkpoints", nargs="+", default=None, metavar="LABEL=PATH",
                     help="time these checkpoints instead of cells (first: the reference)")
     ap.add_argument("--reps", type=int, default=30)
@@ -93,6 +113,8 @@ def main():
     if args.checkpoints:
         given = dict(c.split("=", 1) if "=" in c else (os.path.basename(c), c) for c in args.checkpoints)
         args.cells = list(given)
+    elif not args.cells:
+        args.cells = default_cells(out)
     for name in args.cells:
         if args.checkpoints:
             if not os.path.isfile(given[name]):
@@ -100,8 +122,8 @@ def main():
             cell = {"checkpoint": os.path.abspath(given[name])}
         else:
             path = os.path.join(out, "cells", name + ".json")
-            if name == "teacher" and not os.path.isfile(path):  # an ensemble teacher
-                path = os.path.join(out, "cells", "teacher-ensemble.json")
+            if not os.path.isfile(path):
+                fail(f"--cells {name}: no cell {path}")
             with open(path) as f:
                 cell = json.load(f)
         model_name, model, test = load_model(cell, out, args.dataset, args.data_path)

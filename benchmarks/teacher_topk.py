@@ -17,8 +17,7 @@ import sys
 import time
 
 import torch
-from common import RESULTS, write_outputs
-from kd_benchmark import parse_sets
+from common import RESULTS, parse_sets, write_outputs
 
 
 def seen_matrix(window: torch.Tensor, own_from: torch.Tensor):

@@ -91,108 +91,6 @@ def test_latency_loads_a_cell_an_ensemble_cell_and_a_bench_cell(tiny_data, workd
         assert scores.shape == (len(batch), test._dataset.item_num) and torch.isfinite(scores).all()
 
 
-def test_kd_benchmark_train_member_trains_that_member_only(tiny_data, tmp_path, monkeypatch):
-    import json
-
-    import pytest
-
-    import kd_benchmark
-
-    out = tmp_path / "kd"
-    base = ["kd_benchmark.py", "--dataset", "tiny", "--data_path", tiny_data, "--out", str(out),
-            "--teacher_seeds", "1", "2", "--set", "epochs=1", "state=WARNING"]
-    monkeypatch.setattr(sys, "argv", base + ["--train_member", "2"])
-    kd_benchmark.main()
-    assert sorted(os.listdir(out / "cells")) == ["teacher-seed2.json"]  # no other member, no ensemble, no student
-    cell = json.loads((out / "cells" / "teacher-seed2.json").read_text())
-    assert cell["seed"] == 2 and cell["model"] == "SASRec-L" and os.path.isfile(out / cell["checkpoint"])
-    for bad in (["--train_member", "3"], ["--train_member", "2", "--render_only"]):  # not a member; nothing to train
-        monkeypatch.setattr(sys, "argv", base + bad)
-        with pytest.raises(SystemExit):
-            kd_benchmark.main()
-    assert sorted(os.listdir(out / "cells")) == ["teacher-seed2.json"]
-
-
-def test_kd_benchmark_keeps_cells_of_a_reproduced_teacher_only():
-    from kd_benchmark import fingerprint, same_teacher
-
-    member = {"model": "SASRec-L", "dataset": "d", "seed": 1, "config": {"hidden_size": 256}, "num_params": 10,
-              "epochs_run": 15, "best_valid_result": {"ndcg@10": 0.0436}, "test_result": {"ndcg@10": 0.0337},
-              "checkpoint": "work/teacher-seed1/saved/SASRec-L-Nov-29-2026_11-10-46.pth", "train_seconds": 1800.0}
-    # retrained in a fresh checkout: new checkpoint file and timings, same run -> same fingerprint
-    retrained = dict(member, checkpoint="work/teacher-seed1/saved/SASRec-L-Nov-30-2026_09-00-00.pth",
-                     train_seconds=1500.0)
-    assert fingerprint(retrained) == fingerprint(member)
-    out = "/x/kd"
-    cell = {"teacher_fingerprint": [fingerprint(member)], "teacher_checkpoint": "/old/kd/" + member["checkpoint"]}
-    assert same_teacher(cell, [fingerprint(retrained)], "/x/kd/" + retrained["checkpoint"], out)
-    for key, value in (("test_result", {"ndcg@10": 0.0338}), ("epochs_run", 16), ("seed", 2),
-                       ("config", {"hidden_size": 128})):
-        other = dict(member, **{key: value})  # any difference: another teacher
-        assert not same_teacher(cell, [fingerprint(other)], "/x/kd/" + member["checkpoint"], out)
-    assert not same_teacher(cell, [fingerprint(member)] * 2, "/x/kd/" + member["checkpoint"], out)  # an ensemble
-    # a cell without fingerprints (recorded before them) is matched by its checkpoint path
-    legacy = {"teacher_checkpoint": "/old/kd/" + member["checkpoint"]}
-    assert same_teacher(legacy, ["anything"], "/x/kd/" + member["checkpoint"], out)
-    assert not same_teacher(legacy, ["anything"], "/x/kd/" + retrained["checkpoint"], out)
-
-
-def test_kd_benchmark_names_reports_after_out_and_refuses_cells_of_other_settings(tiny_data, tmp_path, monkeypatch,
-                                                                                  capsys):
-    import pytest
-
-    import common
-    import kd_benchmark
-
-    results = tmp_path / "results"
-    monkeypatch.setattr(common, "RESULTS", str(results))
-    monkeypatch.setattr(kd_benchmark, "RESULTS", str(results))
-    out = tmp_path / "kd-d16"
-    base = ["kd_benchmark.py", "--dataset", "tiny", "--data_path", tiny_data, "--out", str(out), "--seeds", "1",
-            "--cells", "student", "--set", "epochs=1", "state=WARNING"]
-    monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32"])
-    kd_benchmark.main()
-    # a second operating point in its own folder: its own report, the default kd_tiny report untouched
-    assert sorted(os.listdir(results)) == ["kd-d16.json", "kd-d16.md"]
-    assert sorted(os.listdir(out / "cells")) == ["student-seed1.json", "teacher.json"]
-    monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=32", "inner_size=64"])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:  # the stored student is d=16: not reused as d=32
-        kd_benchmark.main()
-    assert exit_.value.code == 2 and "other settings" in capsys.readouterr().err
-    monkeypatch.setattr(sys, "argv", base + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only"])
-    kd_benchmark.main()  # the same request reuses it
-    # a folder rendered for the first time from cells trained elsewhere says how they were trained
-    monkeypatch.setattr(sys, "argv", [a if a != str(out) else str(tmp_path / "kd-copy") for a in base]
-                        + ["--student_set", "hidden_size=16", "inner_size=32", "--render_only",
-                           "--trained_by", "cells copied from kd-d16"])
-    import shutil
-
-    shutil.copytree(out / "cells", tmp_path / "kd-copy" / "cells")
-    kd_benchmark.main()
-    assert "Cells trained by: cells copied from kd-d16" in (results / "kd-copy.md").read_text()
-
-
-def test_kd_benchmark_distils_with_a_relative_out(tiny_data, tmp_path, monkeypatch):
-    """A relative --out: cells run in their own work folder, and the teacher checkpoint handed to a
-    distilled cell must still resolve there (it was a path relative to the starting directory)."""
-    import json
-
-    import common
-    import kd_benchmark
-
-    results = tmp_path / "results"
-    monkeypatch.setattr(common, "RESULTS", str(results))
-    monkeypatch.setattr(kd_benchmark, "RESULTS", str(results))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["kd_benchmark.py", "--dataset", "tiny", "--data_path", tiny_data,
-                                      "--out", "kd-rel", "--seeds", "1", "--cells", "kd:rd",
-                                      "--set", "epochs=1", "state=WARNING"])
-    kd_benchmark.main()
-    cell = json.loads((tmp_path / "kd-rel" / "cells" / "kd-rd-seed1.json").read_text())
-    assert cell["model"] == "KD-SASRec" and cell["epochs_run"] == 1 and os.getcwd() == str(tmp_path)
-
-
 def test_teacher_topk_reports_seen_items_raw_and_none_masked(tiny_data, tmp_path, monkeypatch):
     import json
 
@@ -283,25 +181,100 @@ def test_latency_times_given_checkpoints_with_and_without_fused_attention(tiny_d
     assert exit_.value.code == 2 and (tmp_path / "results" / "latency_tiny.md").read_text() == before
 
 
-def test_kd_benchmark_reads_the_interleaved_latency_of_the_same_pair_only():
-    from kd_benchmark import interleaved_ratio
+def test_parse_sets_reads_literals_and_keeps_other_strings():
+    from common import parse_sets
 
-    def timed(student_key, teacher_params=1000, student_params=100):
-        return {"params": {"teacher": teacher_params, student_key: student_params},
-                "timing": {"teacher": {"median_ms": 80.0}, student_key: {"median_ms": 10.0}}}
-
-    # a cell of the benchmark (student-seed2020) or a checkpoint given as student=PATH (student)
-    assert interleaved_ratio(timed("student-seed2020"), 1000, 100) == 8.0
-    assert interleaved_ratio(timed("student"), 1000, 100) == 8.0
-    # a file that timed other architectures is stale: no ratio from it
-    assert interleaved_ratio(timed("student", teacher_params=999), 1000, 100) is None
-    assert interleaved_ratio(timed("student", student_params=99), 1000, 100) is None
-    assert interleaved_ratio(timed("KD-SASRec-rrd-seed2020"), 1000, 100) is None
+    assert parse_sets(["epochs=40", "kd_losses={'rd': 1.0}", "name=a=b", "x=abc"]) == {
+        "epochs": 40, "kd_losses": {"rd": 1.0}, "name": "a=b", "x": "abc"}
+    assert parse_sets(None) == {}
 
 
-def test_kd_benchmark_headline_row_is_chosen_on_validation_not_test():
-    from kd_benchmark import headline_row
+def _old_cell(name, model, seed, ndcg, **extra):
+    """A cell file of the former distillation benchmark script: the run summary, and its own bookkeeping."""
+    metrics = {"ndcg@10": ndcg, "recall@10": 2 * ndcg, "mrr@10": ndcg / 2}
+    return {"cell": name, "model": model, "seed": seed, "dataset": "tiny", "test_result": metrics,
+            "best_valid_result": metrics, "test_result_by_protocol": {"filter_seen": metrics, "recbole": metrics},
+            "best_valid_result_by_protocol": {"filter_seen": metrics, "recbole": metrics}, "protocol": "filter_seen",
+            "num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 3,
+            "train_seconds": 3.0, "wall_seconds": 5.0, "requested": {"model": model}, "teacher_fingerprint": ["f"],
+            "machine": {"cpu_count": 2, "device": "cpu", "python": "3.11", "torch": "2"}, **extra}
 
-    rows = {"kd:soft": {"ndcg10_mean": 0.060, "valid_ndcg10_mean": 0.070},
-            "kd:rd": {"ndcg10_mean": 0.065, "valid_ndcg10_mean": 0.068}}  # best on test, not on valid
-    assert headline_row(rows) == "kd:soft"
+
+def test_convert_kd_cells_writes_the_records_the_suite_expects(tmp_path, capsys):
+    """The one-off converter: every old cell becomes the bench record of its suite cell (same id and config
+    hash), metrics as stored, paths relative to the results folder; bench then finds every cell done and
+    renders the report from them."""
+    import json
+
+    import yaml
+    from conftest import write_tiny_dataset
+    from convert_kd_cells import convert
+
+    from recbole_kd.bench.runner import run_suite
+
+    data = write_tiny_dataset(tmp_path / "data")
+    old = tmp_path / "results" / "kd_tiny"
+    cells = old / "cells"
+    cells.mkdir(parents=True)
+    suite = tmp_path / "kd-tiny.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "kd_tiny", "seeds": [1, 2], "output": "results/kd_tiny", "datasets": {"tiny": {"data_path": data}},
+        "models": [{"model": "SASRec-L", "label": "T", "group": "teacher", "ensemble": True},
+                   {"model": "SASRec-S", "group": "student"},
+                   {"model": "KD-SASRec", "label": "KD-SASRec (rd + hint)", "teacher_from": "T",
+                    "settings": {"kd_losses": {"rd": 1.0, "hint": 1.0}, "kd_mask_seen": False}}]}))
+    ckpt = [f"/elsewhere/kd_tiny/work/teacher-seed{s}/saved/m.pth" for s in (1, 2)]
+    files = {f"teacher-seed{s}": _old_cell(f"teacher-seed{s}", "SASRec-L", s, 0.03,
+                                           checkpoint=f"work/teacher-seed{s}/saved/m.pth") for s in (1, 2)}
+    files["teacher-ensemble"] = {k: v for k, v in _old_cell("teacher-ensemble", "ensemble(SASRec-L x2)", None, 0.04,
+                                                             checkpoints=[c.split("kd_tiny/")[1] for c in ckpt],
+                                                             seeds=[1, 2]).items() if k not in ("seed", "machine")}
+    for s in (1, 2):
+        files[f"student-seed{s}"] = _old_cell(f"student-seed{s}", "SASRec-S", s, 0.02)
+        files[f"kd-combo-seed{s}"] = _old_cell(f"kd-combo-seed{s}", "KD-SASRec", s, 0.025, teacher_checkpoint=ckpt,
+                                               kd_losses={"rd": 1.0, "hint": 1.0})
+    for name, cell in files.items():
+        (cells / f"{name}.json").write_text(json.dumps(cell))
+    report = {"command": "python benchmarks/kd_old.py --dataset tiny", "trained_commit": "abc"}
+    done = convert(str(old), str(suite), {"kd-combo": "KD-SASRec (rd + hint)"}, report)
+    assert len(done) == 7
+    rec = json.loads((cells / "tiny__KD-SASRec_rd_hint__seed2.json").read_text())
+    assert rec["result"]["teacher_checkpoint"] == ["work/teacher-seed1/saved/m.pth", "work/teacher-seed2/saved/m.pth"]
+    assert rec["result"]["test_result"]["ndcg@10"] == 0.025 and "teacher_fingerprint" not in rec["result"]
+    assert rec["command"] == "python <former distillation benchmark script> --dataset tiny"
+    assert rec["trained_commit"] == "abc" and rec["converted_from"] == "cells/kd-combo-seed2.json"
+    assert rec["machine"] == {"cores": 2, "device": "cpu", "python": "3.11", "torch": "2"}
+    ens = json.loads((cells / "tiny__T_ensemble__seed1.json").read_text())
+    assert ens["ensemble"] == [1, 2] and ens["result"]["checkpoints"] == ["work/teacher-seed1/saved/m.pth",
+                                                                          "work/teacher-seed2/saved/m.pth"]
+    member = json.loads((cells / "tiny__T__seed2.json").read_text())
+    assert member["label"] == "T member" and member["result"]["checkpoint"] == "work/teacher-seed2/saved/m.pth"
+    for name in files:
+        (cells / f"{name}.json").unlink()  # as in the repository: the records are the source of truth
+    assert run_suite(str(suite), dry_run=True) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  tiny__")]
+    assert len(listed) == 7 and all(" done " in line for line in listed), listed
+    assert run_suite(str(suite), render_only=True) == 0
+    rows = {r["label"]: r for r in json.loads((old / "results.json").read_text())["rows"]}
+    assert rows["T"]["ndcg@10"][0] == 0.04 and rows["T member"]["ndcg@10"][0] == 0.03
+    assert rows["KD-SASRec (rd + hint)"]["vs_teacher"] == pytest.approx(0.625)
+    (cells / "extra-seed1.json").write_text(json.dumps(files["student-seed1"]))
+    with pytest.raises(SystemExit, match="no cell for it"):
+        convert(str(old), str(suite), {}, report)
+
+
+def test_latency_times_a_distillation_benchmarks_teacher_and_student_by_default(tmp_path):
+    import json
+
+    from latency import default_cells
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    for cid, rec in {"d__T__seed1": {"group": "teacher"}, "d__T_ensemble__seed1": {"group": "teacher", "ensemble": [1, 2]},
+                     "d__S__seed2": {"group": "student", "model": "SASRec-S"},
+                     "d__S__seed1": {"group": "student", "model": "SASRec-S"},
+                     "d__M__seed1": {"group": "student", "model": "MF-S"}}.items():
+        (cells / f"{cid}.json").write_text(json.dumps({"id": cid, **rec}))
+    assert default_cells(str(tmp_path)) == ["d__T_ensemble__seed1", "d__S__seed1"]
+    (cells / "d__T_ensemble__seed1.json").unlink()
+    assert default_cells(str(tmp_path)) == ["d__T__seed1", "d__S__seed1"]

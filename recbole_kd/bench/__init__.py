@@ -27,13 +27,18 @@ Suite file::
         seeds: [2020]                   # default: the suite's seeds
         settings: {hidden_size: 128}
         minutes: 5                      # estimate for --dry-run until a cell has run ({dataset: minutes} too)
+      - model: SASRec-L
+        label: SASRec-L x3
+        group: teacher
+        ensemble: true                  # teacher rows with 2+ seeds: the ensemble of one run per seed,
+                                        # evaluated once as one model; its members are the row "SASRec-L x3 member"
       - model: SASRec-S
         group: student
       - model: KD-SASRec
         label: KD-SASRec (rrd)          # default: the model name; unique per suite
         group: distilled
         settings: {kd_losses: {rrd: 1.0}}
-        teacher_from: SASRec-L          # use that row's checkpoint (its first seed)
+        teacher_from: SASRec-L          # use that row's checkpoint (its first seed; an ensemble: every member's)
       - model: SASRec
         group: baseline
         skip: {ml-1m: "RecBole's SASRec needs ~20 min per epoch on 2 CPU cores"}

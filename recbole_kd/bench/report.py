@@ -15,6 +15,7 @@ import statistics
 from recbole_kd.bench.plots import _plots
 from recbole_kd.bench.records import PROTOCOL_NAMES, failed_record, legacy_record, protocol_result, protocol_valid
 from recbole_kd.bench.suite import GROUPS, Cell, _fmt_minutes
+from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
 from recbole_kd.models.distill import ALIASES
 from recbole_kd.protocol import FILTER_SEEN, PROTOCOLS, RECBOLE
 from recbole_kd.registry import get_entry
@@ -39,6 +40,10 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         row = {"dataset": ds, "label": label, "model": c0.model, "group": c0.group, "seeds_planned": len(group_cells),
                "seeds": [r["seed"] for r in runs], "skip": c0.skip, "teacher_from": c0.teacher_from,
                "student_ref": c0.student_ref, "superseded_seeds": superseded}
+        if c0.ensemble:  # an ensemble teacher: evaluated once from its members (the row "<label> member")
+            row["ensemble_seeds"] = list(c0.ensemble)
+        if c0.row_label:
+            row["member_of"] = c0.row_label
         if not runs:
             fails = [failed_record(out, c) for c in group_cells]
             fails = [f for f in fails if f]
@@ -69,6 +74,8 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
         row["epochs"] = statistics.mean([r["epochs_run"] for r in res])
         row["train_minutes"] = statistics.mean([r["train_seconds"] for r in res]) / 60
         row["devices"] = sorted({(r.get("machine") or {}).get("device", "cpu") for r in runs})
+        if any(distilled_from_raw_top_k(c0.model, r) for r in res):  # a suite row with kd_mask_seen: False
+            row["raw_top_k"] = True
         row["status"] = "ok"
         rows.append(row)
     # each dataset is reported under one protocol (the one its cells selected; filter_seen by default), the
@@ -174,6 +181,8 @@ def _student_ref(row, same):
 
 
 def _teacher_ref(row, same):
+    if row.get("member_of"):  # an ensemble's members, compared with the ensemble
+        return next((r for r in same if r["label"] == row["member_of"]), None)
     if row["group"] == "teacher":
         return row
     if row["teacher_from"]:
@@ -199,8 +208,12 @@ def _machines_line(recs) -> str:
         m = rec.get("machine") or {}
         key = (m.get("gpu") or m.get("cpu") or "unknown machine", m.get("cores"), m.get("device", "cpu"), m.get("torch"))
         counts[key] = counts.get(key, 0) + 1
-    return "; ".join(f"{n} cell{'s' if n > 1 else ''} on {name} ({cores} cores, {device}, torch {torch})"
-                     for (name, cores, device, torch), n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    def where(name, cores, device, torch):  # a part a cell did not record (e.g. converted cells) is left out
+        parts = [f"{cores} cores" if cores else None, device, f"torch {torch}" if torch else None]
+        return f"{name} ({', '.join(p for p in parts if p)})"
+
+    return "; ".join(f"{n} cell{'s' if n > 1 else ''} on {where(*key)}"
+                     for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
@@ -237,7 +250,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                   f"| group | row | model | seeds | test NDCG@10 ({pm}) | NDCG@10 ({po}) | Recall@10 | MRR@10 | params "
                   "| latency 256 users (ms) | s / epoch | epochs | vs student alone | vs teacher |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        legacy = superseded = False
+        legacy = superseded = raw = False
         for group in GROUPS:
             for row in (r for r in ds_rows if r["group"] == group):
                 if row["status"] != "ok":
@@ -245,6 +258,7 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
                                  f"{row['status']} | | | | | | | | | |")
                     continue
                 legacy = legacy or not row.get(main)
+                raw = raw or bool(row.get("raw_top_k"))
                 superseded = superseded or bool(row["superseded_seeds"])
                 seeds = f"{len(row['seeds'])}/{row['seeds_planned']}"
                 if row["superseded_seeds"]:
@@ -261,8 +275,10 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
 
                 on = "" if row.get("devices", ["cpu"]) == ["cpu"] else f" ({'+'.join(row['devices'])})"
                 o = row.get(other) or {}
+                model = row["model"] + (f" ensemble x{len(row['ensemble_seeds'])}" if row.get("ensemble_seeds") else "")
+                label = row["label"] + (" (raw top-K)" if row.get("raw_top_k") and "raw top-K" not in row["label"] else "")
                 lines.append(
-                    f"| {group} | {row['label']} | {row['model']} | {seeds} | {_fmt(row['ndcg@10'])} | "
+                    f"| {group} | {label} | {model} | {seeds} | {_fmt(row['ndcg@10'])} | "
                     f"{_fmt(o.get('ndcg@10'))} | {_fmt(row['recall@10'])} | {_fmt(row['mrr@10'])} | {row['num_params']:,} | {row['latency_ms']:.1f}{on} | "
                     f"{row['seconds_per_epoch']:.2f}{on} | {row['epochs']:.0f} | {ratio('vs_student_alone')} | "
                     f"{ratio('vs_teacher')} |")
@@ -282,6 +298,10 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
             lines += [f"Rows with `-` under {pm} were run before every cell recorded both protocols: their "
                       f"checkpoint was selected, and their metrics computed, under RecBole's protocol only; running "
                       "the suite again re-measures them.", ""]
+        if raw:
+            lines += ["(raw top-K): distilled from the teacher's raw top-K (`kd_mask_seen: False`), which still holds "
+                      "items the user has already seen (for a SASRec teacher mostly the item just consumed, at "
+                      "rank 1).", ""]
         if superseded:
             lines += ["A seeds count marked `+N RecBole-only` leaves out N seeds stored before both protocols were "
                       "recorded: a row never averages them with newer seeds (their checkpoints were selected under "

@@ -1,5 +1,6 @@
 """Running a suite: ``cell_command`` is a cell's CLI command (its teacher's checkpoint, ``--data_path``),
-``run_cell`` runs it in its own process (``_run_process``) and returns the cell's record, ``_run_cells``
+``run_cell`` runs it in its own process (``_run_process``) and returns the cell's record (an ensemble cell:
+``evaluate_ensemble`` on its members' checkpoints), ``_run_cells``
 schedules the cells (``--jobs``, threads per cell, a distilled cell after its teacher, cells sharing a lazily
 trained model one at a time, Ctrl-C stops them all), ``teacher_reruns`` finds teacher cells to run again for
 their checkpoints, and ``run_suite`` ties it together: load, check, dry run or run, store, render.
@@ -7,6 +8,7 @@ their checkpoints, and ``run_suite`` ties it together: load, check, dry run or r
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import shlex
 import signal
@@ -18,6 +20,7 @@ import time
 from recbole_kd.bench.records import _read_json, cell_record, failed_record, legacy_record, stored_record
 from recbole_kd.bench.report import render
 from recbole_kd.bench.suite import (
+    MEMBER,
     Cell,
     SuiteError,
     _datasets_needed,
@@ -28,6 +31,7 @@ from recbole_kd.bench.suite import (
     output_dir,
     selected,
 )
+from recbole_kd.kd.teacher import evaluate_checkpoints
 from recbole_kd.utils import git_commit, machine_info, write_json_atomic
 
 
@@ -40,11 +44,17 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
     the cell's dataset and of a transfer source; it is not part of the cell's settings or id."""
     work = os.path.join(out, "work", cell.id)
     settings = dict(cell.settings)
+    if cell.ensemble:
+        return _ensemble_command(cell, out, records, data_path)
     if cell.model.startswith("KD-"):
         if cell.teacher_from:
             teacher = _teacher_record(cell, records)
             settings["teacher"] = teacher["model"]
-            settings["teacher_checkpoint"] = os.path.join(out, teacher["result"]["checkpoint"])
+            if teacher.get("ensemble"):  # distilled from every member (the CLI takes a list of checkpoints)
+                settings["teacher_checkpoint"] = [os.path.join(out, m["result"]["checkpoint"])
+                                                  for m in _member_records(teacher, records)]
+            else:
+                settings["teacher_checkpoint"] = os.path.join(out, teacher["result"]["checkpoint"])
         else:
             settings.setdefault("teacher_dir", os.path.join(out, "work", cell.dataset, "teachers"))
             # the suite defines a cell's teacher: a pretrained one shipped later never changes what a stored
@@ -70,6 +80,7 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
 
 
 def _teacher_record(cell: Cell, records: dict) -> dict:
+    """The record of the teacher row a distilled cell names: its first finished seed, or its ensemble cell."""
     found = [r for (ds, label, _), r in sorted(records.items(), key=lambda kv: kv[0][2])
              if ds == cell.dataset and label == cell.teacher_from]
     if not found:
@@ -77,21 +88,86 @@ def _teacher_record(cell: Cell, records: dict) -> dict:
     return found[0]
 
 
+def _member_records(ensemble: dict, records: dict) -> list[dict]:
+    """The records of an ensemble cell's members (``ensemble``: its record or its spec), in seed order."""
+    key = (ensemble["dataset"], ensemble["label"] + MEMBER)
+    missing = [s for s in ensemble["ensemble"] if (*key, s) not in records]
+    if missing:
+        raise RuntimeError(f"ensemble {ensemble['label']!r} on {ensemble['dataset']}: member seed(s) "
+                           f"{', '.join(map(str, missing))} have no finished cell")
+    return [records[(*key, s)] for s in ensemble["ensemble"]]
+
+
+def _ensemble_command(cell: Cell, out: str, records: dict, data_path: str | None) -> list[str]:
+    """The ensemble cell's command: ``evaluate_ensemble`` in its own process, on its members' checkpoints
+    with the row's settings (the data and evaluation settings every member had)."""
+    settings = {**cell.settings, "show_progress": False}
+    if data_path or settings.get("data_path"):
+        settings["data_path"] = os.path.abspath(data_path or settings["data_path"])
+    job = {"dataset": cell.dataset, "settings": settings,
+           "checkpoints": [os.path.join(out, m["result"]["checkpoint"]) for m in _member_records(cell.spec(), records)],
+           "result_file": os.path.join(out, "work", cell.id, "result.json")}
+    return [sys.executable, "-c", "import sys; from recbole_kd.bench.runner import evaluate_ensemble; "
+            "evaluate_ensemble(sys.argv[1])", json.dumps(job, sort_keys=True)]
+
+
+def evaluate_ensemble(job: str) -> None:
+    """An ensemble cell's process: the members' checkpoints evaluated once as one model (mean of their
+    log-probabilities) on the same split and evaluator as a training run (``evaluate_checkpoints``)."""
+    job = json.loads(job)
+    result = evaluate_checkpoints(job["dataset"], job["checkpoints"], job["settings"])
+    write_json_atomic(job["result_file"], {**result, "machine": machine_info()})
+
+
+def _ensemble_result(cell: Cell, result: dict, out: str, records: dict) -> dict:
+    """An ensemble cell's result: its members' seeds and checkpoints (relative to ``out``), and their training
+    summed: epochs and seconds of training epochs (a resumed member's ``train_seconds`` would count only the
+    part after the resume)."""
+    members = _member_records(cell.spec(), records)
+    epochs = sum(m["result"]["epochs_run"] for m in members)
+    seconds = sum(m["result"]["train_seconds_per_epoch"] * m["result"]["epochs_run"] for m in members)
+    return {**result, "seeds": list(cell.ensemble), "checkpoints": [m["result"]["checkpoint"] for m in members],
+            "epochs_run": epochs, "train_seconds": seconds, "train_seconds_per_epoch": seconds / max(epochs, 1)}
+
+
+def _checkpoint_here(rec: dict | None, out: str) -> bool:
+    """A finished cell whose checkpoint is on this machine (and which recorded both protocols)."""
+    ckpt = rec and rec["result"].get("checkpoint")
+    return bool(ckpt) and os.path.exists(os.path.join(out, ckpt)) and not legacy_record(rec)
+
+
 def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell]) -> dict[str, Cell]:
     """Teacher cells (by id) that distilled cells in ``todo`` need but cannot use: the teacher row has no
     finished cell, or the finished cell ``_teacher_record`` picks has its checkpoint missing here
     (checkpoints are git-ignored, so a fresh checkout has the teacher's metrics but not its weights).
-    They are run (again) before their students."""
+    An ensemble teacher needs every member's checkpoint, and is evaluated again when a member runs again
+    (its record names the checkpoints the distilled cells use). They are run (again) before their students."""
     need = {}
+
+    def members(ens: Cell) -> list[Cell]:  # those to run (again) for their checkpoints
+        found = [t for t in cells if t.dataset == ens.dataset and t.row == ens.row and not t.ensemble and t.skip is None
+                 and not _checkpoint_here(records.get((t.dataset, t.label, t.seed)), out)]
+        for t in found:
+            need.setdefault(t.id, t)
+        return found
+
     for c in todo:
+        if c.ensemble:
+            members(c)
+            continue
         if not (c.model.startswith("KD-") and c.teacher_from):
+            continue
+        ens = next((t for t in cells if t.dataset == c.dataset and t.label == c.teacher_from and t.ensemble), None)
+        if ens is not None:
+            if ens.skip is None and (members(ens) or legacy_record(records.get((ens.dataset, ens.label, ens.seed))
+                                                                   or {})):
+                need.setdefault(ens.id, ens)
             continue
         try:
             rec = _teacher_record(c, records)
         except RuntimeError:
             rec = None
-        ckpt = rec and rec["result"].get("checkpoint")
-        if ckpt and os.path.exists(os.path.join(out, ckpt)) and not legacy_record(rec):
+        if _checkpoint_here(rec, out):
             continue
         rows = [t for t in cells if t.dataset == c.dataset and t.label == c.teacher_from and t.skip is None
                 and (rec is None or t.seed == rec["seed"])]  # cells are in seed order within a row
@@ -154,6 +230,8 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, 
         return {**base, "status": "failed", "returncode": returncode, "error": tail[:500]}
     if result.get("checkpoint"):
         result["checkpoint"] = os.path.relpath(os.path.join(work, result["checkpoint"]), out)
+    if cell.ensemble:
+        result = _ensemble_result(cell, result, out, records)
     ran = result.get("machine") or {}  # the run's own record of the device it used (config["device"])
     if ran.get("device") in ("cpu", "cuda"):
         base["machine"] = {**{k: v for k, v in base["machine"].items() if k not in ("device", "gpu")},
@@ -164,7 +242,8 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, 
 
 
 def estimate_minutes(cell: Cell, done: dict) -> float | None:
-    same = [r["wall_seconds"] / 60 for (ds, label, _), r in done.items() if ds == cell.dataset and label == cell.label]
+    same = [r["wall_seconds"] / 60 for (ds, label, _), r in done.items()
+            if ds == cell.dataset and label == cell.label and r.get("wall_seconds") is not None]
     if same:
         return statistics.mean(same)
     return float(cell.minutes) if cell.minutes is not None else None
@@ -184,10 +263,13 @@ def check_data_path(data_path: str, cells: list[Cell]) -> str:
 
 
 def _needs(cell: Cell, todo: list[Cell]) -> set[str]:
-    """Ids of the cells in ``todo`` that ``cell`` must wait for: the teacher row it distils from."""
+    """Ids of the cells in ``todo`` that ``cell`` must wait for: the teacher row it distils from (an ensemble:
+    its members and the ensemble cell), or, for an ensemble cell, its members."""
+    if cell.ensemble:
+        return {t.id for t in todo if t.dataset == cell.dataset and t.row == cell.row and not t.ensemble}
     if not (cell.model.startswith("KD-") and cell.teacher_from):
         return set()
-    return {t.id for t in todo if t.dataset == cell.dataset and t.label == cell.teacher_from}
+    return {t.id for t in todo if t.dataset == cell.dataset and t.row == cell.teacher_from}
 
 
 def _exclusive(cell: Cell) -> tuple | None:
@@ -234,7 +316,10 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                         eta = None
                     progress = (f"{n}/{len(todo)} selected cells run" if only else
                                 f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
-                    if c.id in reruns and (c.dataset, c.label, c.seed) in records:
+                    if c.id in reruns and c.ensemble:
+                        print(f"[bench] ensemble cell {c.id} is evaluated again from its members' checkpoints",
+                              flush=True)
+                    elif c.id in reruns and (c.dataset, c.label, c.seed) in records:
                         print(f"[bench] teacher cell {c.id} is finished but its checkpoint is not on this machine "
                               "(checkpoints are not committed): running it again for the distilled cells", flush=True)
                     also = f" ({len(running) + 1} running)" if jobs > 1 else ""

@@ -38,15 +38,27 @@ class Cell:
     minutes: float | None = None
     order: int = 0
     extra: dict = field(default_factory=dict)
+    # an ``ensemble: true`` row: its ensemble cell (label: the row's, ``ensemble``: the members' seeds) and its
+    # members (label ``<row> member``, ``row``: the row's label), ordinary cells otherwise
+    ensemble: tuple = ()
+    row_label: str | None = None
+
+    @property
+    def row(self) -> str:
+        """The label of the suite row the cell comes from (``teacher_from`` names it)."""
+        return self.row_label or self.label
 
     @property
     def id(self) -> str:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.label).strip("_")
-        return f"{self.dataset}__{slug}__seed{self.seed}"
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.row).strip("_")
+        return f"{self.dataset}__{slug}{'_ensemble' if self.ensemble else ''}__seed{self.seed}"
 
     def spec(self) -> dict:
-        return {"dataset": self.dataset, "label": self.label, "model": self.model, "group": self.group,
+        spec = {"dataset": self.dataset, "label": self.label, "model": self.model, "group": self.group,
                 "seed": self.seed, "settings": self.settings, "teacher_from": self.teacher_from}
+        if self.ensemble:  # only then: the ids and hashes of every other cell stay those of before ensembles
+            spec["ensemble"] = list(self.ensemble)
+        return spec
 
     @property
     def config_hash(self) -> str:
@@ -73,7 +85,9 @@ def load_suite(path: str) -> dict:
     return suite
 
 
-_MODEL_KEYS = {"model", "label", "group", "seeds", "settings", "teacher_from", "student_ref", "skip", "minutes", "datasets"}
+_MODEL_KEYS = {"model", "label", "group", "seeds", "settings", "teacher_from", "student_ref", "skip", "minutes", "datasets",
+               "ensemble"}
+MEMBER = " member"  # an ensemble row's members are reported as the row "<label> member"
 
 
 def expand(suite: dict) -> list[Cell]:
@@ -101,21 +115,36 @@ def expand(suite: dict) -> list[Cell]:
         if group not in GROUPS:
             raise SuiteError(f"{where}: models[{i}] ({label}) has group {group!r}; use one of {', '.join(GROUPS)}")
         skip = entry.get("skip")
+        ensemble = entry.get("ensemble", False)
+        row_seeds = [int(s) for s in entry.get("seeds") or seeds]
+        if ensemble not in (True, False) or (ensemble and (group != "teacher" or len(set(row_seeds)) < 2)):
+            raise SuiteError(f"{where}: models[{i}] ({label}) has ensemble: {ensemble!r}; 'ensemble: true' is for a "
+                             "row of group teacher with 2 or more seeds (its members)")
+        if ensemble:
+            if label + MEMBER in labels:
+                raise SuiteError(f"{where}: a model is labelled {label + MEMBER!r}, the name of {label}'s members")
+            labels.add(label + MEMBER)
         for ds, ds_settings in datasets.items():
             if entry.get("datasets") and ds not in entry["datasets"]:
                 continue
             reason = skip.get(ds) if isinstance(skip, dict) else skip
             minutes = entry.get("minutes")
             minutes = minutes.get(ds) if isinstance(minutes, dict) else minutes
-            for seed in entry.get("seeds") or seeds:
-                settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
-                cells.append(Cell(ds, label, entry["model"], group, int(seed), settings, entry.get("teacher_from"),
-                                  entry.get("student_ref"), reason, minutes, i))
+            settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
+            if ensemble:  # evaluated once from its members' checkpoints, after them
+                cells.append(Cell(ds, label, entry["model"], group, row_seeds[0], dict(settings), None,
+                                  entry.get("student_ref"), reason, None, i, ensemble=tuple(row_seeds)))
+            for seed in row_seeds:
+                cells.append(Cell(ds, label + MEMBER if ensemble else label, entry["model"], group, seed, dict(settings),
+                                  entry.get("teacher_from"), entry.get("student_ref"), reason, minutes, i,
+                                  row_label=label if ensemble else None))
     for c in cells:
         if c.teacher_from and c.teacher_from not in labels:
             raise SuiteError(f"{where}: {c.label} has teacher_from {c.teacher_from!r}, which is no model's label")
     teachers = {c.teacher_from for c in cells if c.teacher_from}
-    return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.label in teachers else 1, c.order, c.seed))
+    # an ensemble cell is listed before its members (its row leads the report); it runs after them
+    return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.row in teachers else 1, c.order,
+                                        0 if c.ensemble else 1, c.seed))
 
 
 def check_cells(cells: list[Cell], where: str) -> None:
