@@ -124,7 +124,7 @@ import os, shlex, sys
 suite = os.path.relpath(os.path.realpath(sys.argv[1]))
 print("\ncopy this checkout, with .whl/ and .device-data/, to the other machine; there, in its root (SMOKE=1: a "
       "1-epoch KD run on ml-100k first, which stops early if the GPU path fails; PACK_ARGS: the limits of the way "
-      "you copy files back, e.g. PACK_ARGS='--max-file-mib 16 --max-files 8'; RUN_BUDGET_S: a time limit; the "
+      "you copy files back, e.g. PACK_ARGS='--max-file-mib 25 --max-files 10'; RUN_BUDGET_S: a time limit; the "
       "header of run.sh lists every variable):")
 print("    SMOKE=1 OUT=/path/to/out bash benchmarks/accelerator/run.sh " + shlex.join([suite, *sys.argv[2:]]))
 print("then copy /path/to/out back and, here:")

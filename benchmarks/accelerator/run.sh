@@ -15,7 +15,7 @@
 # Environment (all optional):
 #   OUT           folder the packed files go to (default /tmp/recbole-kd-out)
 #   PACK_ARGS     the limits of the way you copy files back, as `bench --pack` options, e.g.
-#                 PACK_ARGS="--max-file-mib 16 --max-files 8 --max-total-mib 64" (files already in $OUT, such as
+#                 PACK_ARGS="--max-file-mib 25 --max-files 10 --max-total-mib 200" (files already in $OUT, such as
 #                 run.log, count); default: no limits
 #   RUN_BUDGET_S  seconds this script may take in all (default: no limit); the bench is interrupted
 #                 PACK_RESERVE_S (default 45) before, finished cells kept, so that packing happens within it
