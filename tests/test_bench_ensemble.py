@@ -198,6 +198,7 @@ def test_the_report_shows_the_ensemble_and_its_members_mean(tmp_path):
     assert lines[1].startswith("| teacher | T member | SASRec-L | 2/2 | 0.0430 ± 0.0014 |")
 
 
+@pytest.mark.slow
 def test_the_ensemble_cells_process_evaluates_the_members_as_one_model(tiny_data, workdir, tmp_path, monkeypatch):
     """The ensemble cell's real command (its own process) on two tiny trained members: the record has the
     ensemble's metrics, as ``evaluate_checkpoints`` gives them, and the members' summed training."""

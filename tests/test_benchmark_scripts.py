@@ -91,6 +91,7 @@ def test_latency_loads_a_cell_an_ensemble_cell_and_a_bench_cell(tiny_data, workd
         assert scores.shape == (len(batch), test._dataset.item_num) and torch.isfinite(scores).all()
 
 
+@pytest.mark.slow
 def test_teacher_topk_reports_seen_items_raw_and_none_masked(tiny_data, tmp_path, monkeypatch):
     import json
 

@@ -66,6 +66,7 @@ def test_bad_argument_exit_2():
     assert proc.returncode == 2 and "unrecognised argument" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "SASRec-S"])
 def test_cli_trains_and_writes_result_json(model, tiny_data, tmp_path):
     out = tmp_path / "r.json"
@@ -88,6 +89,7 @@ def test_cli_trains_and_writes_result_json(model, tiny_data, tmp_path):
     assert any(p.name.startswith(f"{model}-") for p in (tmp_path / "saved").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_on_embedded_ml100k(tmp_path):
     """The embedded default dataset resolves from the installed recbole package, and is the default."""
     out = tmp_path / "r.json"
@@ -131,6 +133,7 @@ def _settings_groups(stderr):
     return groups
 
 
+@pytest.mark.slow
 def test_results_on_stdout_log_and_short_settings_on_stderr(tiny_data, tmp_path):
     out = tmp_path / "r.json"
     proc = run_cli("--model=SASRec-S", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=1",
@@ -247,6 +250,7 @@ def test_phase_line_estimates_the_phase_and_says_what_follows():
     assert line.endswith("the whole run: at most 20.0s more")
 
 
+@pytest.mark.slow
 def test_distilled_run_shows_its_phases_and_times_them_apart(tiny_data, tmp_path):
     out = tmp_path / "r.json"
     proc = run_cli("--model=KD-SASRec", "--dataset=tiny", f"--data_path={tiny_data}", "--epochs=2",

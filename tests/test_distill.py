@@ -91,6 +91,7 @@ def test_zoo_reuses_teacher_and_refuses_mismatch(tiny_data, zoo, workdir, tmp_pa
         make_trainer("KD-SASRec", tiny_data, zoo, teacher="BERT4Rec-L", teacher_checkpoint=ckpt)
 
 
+@pytest.mark.slow
 def test_mismatched_teacher_checkpoint_cli_exit_2(tiny_data, zoo, tmp_path):
     from tests_helpers import other_dataset
 

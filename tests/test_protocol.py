@@ -172,6 +172,7 @@ def test_seen_items_are_each_users_whole_history_before_the_target_on_ml_100k(wo
     assert checked > 1500  # 943 users, valid and test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["SASRec", "BPR"])
 def test_stock_recbole_models_through_the_cli_obey_filter_seen(model, norep, workdir):
     """RecBole's own SASRec and BPR run through our CLI: the selected protocol drives the reported result,

@@ -3,6 +3,8 @@ import json
 import os
 import re
 
+import pytest
+
 from conftest import REPO, run_cli
 
 
@@ -18,6 +20,7 @@ def test_the_doc_shows_the_example_files_verbatim():
     assert yml in doc_blocks("yaml")
 
 
+@pytest.mark.slow
 def test_example_student_distilled_through_cli(tiny_data, tmp_path):
     plugin = os.path.join(REPO, "examples", "gru4rec_s.py")
     proc = run_cli("--list", f"--plugins={plugin}")

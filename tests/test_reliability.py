@@ -93,6 +93,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(model, tmp_path):
     assert c["test_result"] == b["test_result"]
 
 
+@pytest.mark.slow
 def test_crash_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path):
     from recbole_kd.checkpoint import load_checkpoint
 

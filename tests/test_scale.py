@@ -87,6 +87,7 @@ CACHE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_teacher_cache_built_across_ranks_equals_single_process(tiny_data, workdir):
     """Each rank computes one block of the teacher cache and broadcasts it: every rank ends with
     exactly the cache one process would build."""
@@ -131,6 +132,7 @@ def test_kd_sasrec_two_processes_follow_the_single_process_protocol(tiny_data, w
     assert _result(workdir / "again.json")["test_result"] == d["test_result"]
 
 
+@pytest.mark.slow
 def test_distributed_worker_error_is_one_line_exit_2(tiny_data, workdir):
     """An error inside the workers (a garbage teacher checkpoint) reaches the user as the same one-line
     error and exit status as a single-process run."""
@@ -258,6 +260,7 @@ def test_search_space_errors_say_what_the_line_needs(tmp_path, line, message):
     ("Transfer-SASRec", ["--source=tiny2", "--transfer_mechanisms=['encoder', 'cross_kd']", "--transfer_freeze_epochs=1",
                          "--epochs=2"]),
 ])
+@pytest.mark.slow
 def test_other_trainers_run_distributed(model, extra, tmp_path, workdir):
     """The MF student (RecBole's loader, sharded by its DistributedSampler; user-level teacher cache)
     and the transfer trainer (source model built once by the launcher; encoder frozen for one

@@ -510,6 +510,7 @@ def test_serve_answers_as_recommend_and_refuses_bad_requests(trained):
     assert code == 0, proc.stderr.read()
 
 
+@pytest.mark.slow
 def test_serve_mf_model_and_start_errors(trained, capsys):
     from recbole_kd.serving.artefact import Artefact
 

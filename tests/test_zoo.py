@@ -168,6 +168,7 @@ def kd_cli(data, zoo, tmp_path, tag):
     return json.loads(out.read_text()), proc.stderr
 
 
+@pytest.mark.slow
 def test_kd_run_uses_the_pretrained_teacher_only_on_matching_data(tiny_zoo, tmp_path):
     from recbole_kd.zoo import headline, weights_path
 
