@@ -80,6 +80,12 @@ def git_commit() -> str:
         return os.environ.get("RECBOLE_KD_GIT_COMMIT") or "unknown"
 
 
+def cli_value(value) -> str:
+    """A setting as a ``--key=value`` command-line value: strings as they are, anything else as its Python
+    literal (the CLI reads it back with ``ast.literal_eval``)."""
+    return value if isinstance(value, str) else repr(value)
+
+
 def mean_std(values) -> tuple:
     """(mean, standard deviation) of the values that are not None; one value has no measured spread
     (std None), no values give (None, None)."""

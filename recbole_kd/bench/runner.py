@@ -32,11 +32,7 @@ from recbole_kd.bench.suite import (
     selected,
 )
 from recbole_kd.kd.teacher import evaluate_checkpoints
-from recbole_kd.utils import git_commit, machine_info, write_json_atomic
-
-
-def _cli_value(v) -> str:
-    return v if isinstance(v, str) else repr(v)
+from recbole_kd.utils import cli_value, git_commit, machine_info, write_json_atomic
 
 
 def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = None) -> list[str]:
@@ -75,7 +71,7 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
             value = os.path.abspath(value)
         elif key == "source" and isinstance(value, dict) and value.get("data_path"):
             value = {**value, "data_path": os.path.abspath(value["data_path"])}  # paths are relative to the caller
-        args.append(f"--{key}={_cli_value(value)}")
+        args.append(f"--{key}={cli_value(value)}")
     return args
 
 

@@ -11,6 +11,7 @@ from recbole_kd.compat import is_path_key
 from recbole_kd.kd.teacher import evaluate_checkpoints
 from recbole_kd.kd.teacher_spec import ARCH_KEYS, split_settings
 from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
+from recbole_kd.utils import cli_value
 from recbole_kd.zoo import (
     CARD_FILE,
     CARD_FORMAT,
@@ -23,10 +24,6 @@ from recbole_kd.zoo import (
 )
 
 
-def _cli_value(value) -> str:
-    return value if isinstance(value, str) else repr(value)
-
-
 def _run_from_record(record: dict, command: str | None, commit: str | None) -> tuple[dict, dict]:
     """(result, provenance) from a run record: a bench cell (``result`` + ``command``, ``git_commit``,
     ``settings``) or a plain ``--result_file`` (then ``command`` and ``commit`` must be given)."""
@@ -34,7 +31,7 @@ def _run_from_record(record: dict, command: str | None, commit: str | None) -> t
         result = record["result"]
         settings = record.get("settings") or {}
         user_command = " ".join(["python -m recbole_kd", f"--model={record['model']}", f"--dataset={record['dataset']}",
-                                 f"--seed={record['seed']}"] + [f"--{k}={_cli_value(v)}" for k, v in settings.items()])
+                                 f"--seed={record['seed']}"] + [f"--{k}={cli_value(v)}" for k, v in settings.items()])
         made = {"command": command or user_command, "commit": commit or record.get("git_commit"),
                 "recorded_command": "python " + record["command"] if record.get("command") else None,
                 "machine": record.get("machine")}
