@@ -264,3 +264,44 @@ def test_bench_cells_keep_training_their_own_teacher(tmp_path):
 
     assert "--teacher_pretrained=False" in command({})
     assert "--teacher_pretrained=True" in command({"teacher_pretrained": True})
+
+
+def test_bench_distils_from_the_shipped_export_of_its_teacher_cell(tmp_path):
+    """The shipped beauty teacher was exported from the ecommerce suite's SASRec-L cell: a bench whose cell
+    record has no checkpoint on this machine distils from those weights and does not train the teacher
+    again; its own checkpoint wins when present; a record whose metrics, seed or id differ from the card
+    is not matched (the teacher is trained again)."""
+    from recbole_kd.bench.runner import cell_checkpoint, cell_command, teacher_reruns
+    from recbole_kd.bench.suite import Cell
+    from recbole_kd.zoo import exported_from, weights_path
+
+    card = next(c for c in shipped_cards() if c["name"] == "SASRec-L-amazon-beauty-5core")
+    cell_file = os.path.join(REPO, card["made_by"]["run_record"])
+    with open(cell_file) as f:
+        rec = json.load(f)
+    assert exported_from(rec)["name"] == card["name"]
+    out = str(tmp_path / "out")
+    assert cell_checkpoint(rec, out) == weights_path(card)
+    teacher = Cell(dataset=rec["dataset"], label="SASRec-L", model="SASRec-L", group="teacher", seed=rec["seed"],
+                   settings={})
+    kd = Cell(dataset=rec["dataset"], label="KD", model="KD-SASRec", group="distilled", seed=2021, settings={},
+              teacher_from="SASRec-L")
+    records = {(rec["dataset"], "SASRec-L", rec["seed"]): rec}
+    assert teacher_reruns([teacher, kd], records, out, [kd]) == {}
+    assert f"--teacher_checkpoint={weights_path(card)}" in cell_command(kd, out, records)
+
+    own = os.path.join(out, rec["result"]["checkpoint"])
+    os.makedirs(os.path.dirname(own))
+    open(own, "wb").close()
+    assert cell_checkpoint(rec, out) == own
+    os.remove(own)
+
+    other_metrics = json.loads(json.dumps(rec))
+    other_metrics["result"]["test_result_by_protocol"]["filter_seen"]["ndcg@10"] += 0.001
+    other_seed = {**rec, "seed": rec["seed"] + 1}
+    other_id = {**rec, "id": rec["id"] + "x"}
+    for changed in (other_metrics, other_seed, other_id):
+        assert exported_from(changed) is None
+        assert cell_checkpoint(changed, out) == own
+    records = {(rec["dataset"], "SASRec-L", rec["seed"]): other_metrics}
+    assert list(teacher_reruns([teacher, kd], records, out, [kd])) == [teacher.id]

@@ -31,6 +31,7 @@ from recbole_kd.bench.suite import (
     output_dir,
     selected,
 )
+from recbole_kd import zoo
 from recbole_kd.kd.teacher import evaluate_checkpoints
 from recbole_kd.utils import cli_value, git_commit, machine_info, write_json_atomic
 
@@ -47,10 +48,9 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
             teacher = _teacher_record(cell, records)
             settings["teacher"] = teacher["model"]
             if teacher.get("ensemble"):  # distilled from every member (the CLI takes a list of checkpoints)
-                settings["teacher_checkpoint"] = [os.path.join(out, m["result"]["checkpoint"])
-                                                  for m in _member_records(teacher, records)]
+                settings["teacher_checkpoint"] = [cell_checkpoint(m, out) for m in _member_records(teacher, records)]
             else:
-                settings["teacher_checkpoint"] = os.path.join(out, teacher["result"]["checkpoint"])
+                settings["teacher_checkpoint"] = cell_checkpoint(teacher, out)
         else:
             settings.setdefault("teacher_dir", os.path.join(out, "work", cell.dataset, "teachers"))
             # the suite defines a cell's teacher: a pretrained one shipped later never changes what a stored
@@ -101,7 +101,7 @@ def _ensemble_command(cell: Cell, out: str, records: dict, data_path: str | None
     if data_path or settings.get("data_path"):
         settings["data_path"] = os.path.abspath(data_path or settings["data_path"])
     job = {"dataset": cell.dataset, "settings": settings,
-           "checkpoints": [os.path.join(out, m["result"]["checkpoint"]) for m in _member_records(cell.spec(), records)],
+           "checkpoints": [cell_checkpoint(m, out) for m in _member_records(cell.spec(), records)],
            "result_file": os.path.join(out, "work", cell.id, "result.json")}
     return [sys.executable, "-c", "import sys; from recbole_kd.bench.runner import evaluate_ensemble; "
             "evaluate_ensemble(sys.argv[1])", json.dumps(job, sort_keys=True)]
@@ -126,10 +126,23 @@ def _ensemble_result(cell: Cell, result: dict, out: str, records: dict) -> dict:
             "epochs_run": epochs, "train_seconds": seconds, "train_seconds_per_epoch": seconds / max(epochs, 1)}
 
 
+def cell_checkpoint(rec: dict, out: str) -> str:
+    """Where a finished cell's weights are: its own checkpoint when it is on this machine, else the shipped
+    pretrained teacher exported from this very cell (``zoo.exported_from``: its card names the cell's run
+    record and holds the cell's metrics, its weights pass the card's sha256), else the checkpoint's path
+    (missing: the cell runs again, see ``teacher_reruns``)."""
+    own = os.path.join(out, rec["result"]["checkpoint"])
+    if os.path.exists(own):
+        return own
+    card = zoo.exported_from(rec)
+    return zoo.check_weights(card) if card else own
+
+
 def _checkpoint_here(rec: dict | None, out: str) -> bool:
-    """A finished cell whose checkpoint is on this machine (and which recorded both protocols)."""
+    """A finished cell whose weights are on this machine (``cell_checkpoint``) and which recorded both
+    protocols."""
     ckpt = rec and rec["result"].get("checkpoint")
-    return bool(ckpt) and os.path.exists(os.path.join(out, ckpt)) and not legacy_record(rec)
+    return bool(ckpt) and not legacy_record(rec) and os.path.exists(cell_checkpoint(rec, out))
 
 
 def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell]) -> dict[str, Cell]:

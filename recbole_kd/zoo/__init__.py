@@ -166,6 +166,29 @@ def card_results(card: dict) -> dict:
             "teacher_protocol": protocol, "teacher_test_result_by_protocol": test}
 
 
+def exported_from(rec: dict, folder: str | None = None) -> dict | None:
+    """The entry (card) in ``folder`` (default: the shipped zoo) exported from the finished bench cell ``rec``
+    (``zoo export`` of its checkpoint and run record), or None: its card names the cell's run record
+    (``<id>.json``) and has the cell's model, dataset, seed and valid and test metrics under both protocols
+    (export checked that the weights reproduce them). A bench that lacks the cell's own checkpoint (they are
+    not committed) distils from these weights instead of training the teacher again."""
+    result = rec.get("result") or {}
+    for card in cards(folder):
+        made = card.get("made_by") or {}
+        if (os.path.basename(made.get("run_record") or "") == f"{rec.get('id')}.json"
+                and (card.get("model"), card.get("dataset")) == (result.get("model"), result.get("dataset"))
+                and (card.get("training") or {}).get("seed") == rec.get("seed")
+                and result.get("test_result_by_protocol")
+                and all(_rounded(card.get(k)) == _rounded(result.get(k))
+                        for k in ("best_valid_result_by_protocol", "test_result_by_protocol"))):
+            return card
+    return None
+
+
+def _rounded(tables) -> dict:
+    return {p: {m: round(float(v), 4) for m, v in t.items()} for p, t in (tables or {}).items()}
+
+
 ZOO_USAGE = """usage: python -m recbole_kd zoo [NAME] [--json] [--dir=DIR]
 
 Lists the pretrained teachers shipped with recbole-kd (NAME: prints that teacher's card; --json: the

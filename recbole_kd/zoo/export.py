@@ -20,6 +20,7 @@ from recbole_kd.zoo import (
     LOCAL_KEYS,
     PRETRAINED_DIR,
     WEIGHTS_FILE,
+    _rounded,
     data_fingerprint,
 )
 
@@ -123,10 +124,6 @@ def export_teacher(checkpoint: str, record: dict, data_path: str, out_root: str 
         shutil.rmtree(tmp, ignore_errors=True)
     card["_dir"] = final
     return card
-
-
-def _rounded(tables: dict) -> dict:
-    return {p: {m: round(float(v), 4) for m, v in t.items()} for p, t in (tables or {}).items()}
 
 
 # ---- python -m recbole_kd zoo -----------------------------------------------------------------------
