@@ -510,6 +510,56 @@ def test_report_names_its_protocol_and_never_divides_across_protocols(tmp_path):
     assert "| student | MF-S | MF-S | 1/1 | - | 0.0300 |" in report
 
 
+def test_a_stored_general_model_cell_counts_under_both_protocols(tmp_path):
+    """RecBole already filters seen items for models that are not sequential: a BPR / MF-S / Pop cell stored
+    under RecBole's protocol only is reported under filter-seen too and not run again; a sequential, a
+    distilled or a transferred one stays RecBole-only (its checkpoint or teacher followed the protocol)."""
+    import yaml
+
+    from recbole_kd.bench.records import legacy_record, protocol_result, protocol_valid
+    from recbole_kd.bench.report import render, summarize
+    from recbole_kd.bench.suite import expand, load_suite
+
+    t = {"ndcg@10": 0.030, "recall@10": 0.05, "mrr@10": 0.01}
+    v = {"ndcg@10": 0.040, "recall@10": 0.06, "mrr@10": 0.02}
+
+    def stored(model, **more):
+        return {"seed": 1, "machine": {"device": "cpu"}, "config_hash": "h", "git_commit": "c",
+                "result": {"model": model, "test_result": t, "best_valid_result": v, "num_params": 10,
+                           "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                           "train_seconds": 2.0, **more}}
+
+    for model in ("BPR", "MF-S", "Pop"):
+        rec = stored(model)
+        assert not legacy_record(rec), model
+        assert protocol_result(rec["result"], "filter_seen") == protocol_result(rec["result"], "recbole") == t
+        assert protocol_valid(rec["result"], "filter_seen") == v
+    for rec in (stored("SASRec-S"), stored("KD-MF", teacher="SASRec-L"),
+                stored("Transfer-SASRec", source_dataset="ml-100k"), stored("NoSuchModel")):
+        assert legacy_record(rec), rec["result"]["model"]
+        assert protocol_result(rec["result"], "filter_seen") is None
+        assert protocol_result(rec["result"], "recbole") == t
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [1], "datasets": {"a": {}},
+        "models": [{"model": "SASRec-S", "group": "student"}, {"model": "MF-S", "group": "student"}],
+    }))
+    suite = load_suite(str(path))
+    cells = expand(suite)
+    both = {"filter_seen": {"ndcg@10": 0.06, "recall@10": 0.1, "mrr@10": 0.03},
+            "recbole": {"ndcg@10": 0.045, "recall@10": 0.08, "mrr@10": 0.02}}
+    records = {("a", "MF-S", 1): stored("MF-S"),
+               ("a", "SASRec-S", 1): stored("SASRec-S", protocol="filter_seen", test_result=both["filter_seen"],
+                                            test_result_by_protocol=both)}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    assert rows["MF-S"]["ndcg@10"][0] == rows["MF-S"]["recbole"]["ndcg@10"][0] == 0.030
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert "| student | MF-S | MF-S | 1/1 | 0.0300 | 0.0300 |" in report
+    assert "Rows of models that are not sequential and have no teacher (MF-S)" in report
+
+
 def test_kd_gain_reports_the_worst_seed_against_the_best_alone_seed(tmp_path):
     import yaml
 

@@ -1,7 +1,8 @@
 """Stored cell records, ``<out>/cells/<id>.json`` and ``<id>.failed.json``: ``cell_record`` gives a finished
 cell only when it ran with the cell's settings (same config hash) and is not stale (``_stale_kd``: distilled
 from the teacher's raw top-K, before ``kd_mask_seen``), ``failed_record`` a cell's last failure;
-``legacy_record`` tells a cell stored before both evaluation protocols were recorded, ``protocol_result``
+``legacy_record`` tells a cell stored before both evaluation protocols were recorded (``same_under_both``: one
+whose metrics hold under both anyway), ``protocol_result``
 gives a cell's test metrics under one protocol, and ``PROTOCOL_NAMES`` the protocols' names in the report.
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ def protocol_result(result: dict, protocol: str) -> dict | None:
     table = result.get("test_result_by_protocol")
     if table:
         return table.get(protocol)
-    return result.get("test_result") if protocol == RECBOLE else None
+    return result.get("test_result") if protocol == RECBOLE or same_under_both(result) else None
 
 
 def protocol_valid(result: dict, protocol: str) -> dict | None:
@@ -93,12 +94,35 @@ def protocol_valid(result: dict, protocol: str) -> dict | None:
     table = result.get("best_valid_result_by_protocol")
     if table:
         return table.get(protocol)
-    return result.get("best_valid_result") if protocol == (result.get("protocol") or RECBOLE) else None
+    return (result.get("best_valid_result") if protocol == (result.get("protocol") or RECBOLE) or same_under_both(result)
+            else None)
 
 
 def legacy_record(rec: dict) -> bool:
-    """A cell stored before every run recorded both protocols (it is run again when selected)."""
-    return not (rec.get("result") or {}).get("test_result_by_protocol")
+    """A cell stored before every run recorded both protocols (it is run again when selected), unless its
+    metrics hold under both (``same_under_both``)."""
+    result = rec.get("result") or {}
+    return not result.get("test_result_by_protocol") and not same_under_both(result)
+
+
+def same_under_both(result: dict) -> bool:
+    """Whether a result stored under RecBole's protocol only is also filter-seen's: that of a non-sequential
+    model trained without a teacher. RecBole's full-sort evaluation removes the seen items of every model
+    that is not SEQUENTIAL (``FullSortEvalDataLoader``: training items at validation, training and valid
+    items at test) exactly as ``filter_seen`` does, and such a model's training does not depend on the
+    protocol (a distilled one's does: its teacher's top-K and checkpoint follow it). Re-running the beauty
+    MF-S cells under both protocols gave their stored metrics to the last digit (3 of 3 seeds)."""
+    if (result.get("test_result_by_protocol") or not result.get("test_result") or result.get("teacher")
+            or result.get("source_dataset")):  # distilled, or transferred from a source model chosen on valid
+        return False
+    from recbole.utils import ModelType
+
+    from recbole_kd.registry import UnknownModelError, get_entry
+
+    try:
+        return get_entry(result.get("model") or "").cls.type != ModelType.SEQUENTIAL
+    except UnknownModelError:
+        return False
 
 
 PROTOCOL_NAMES = {FILTER_SEEN: "filter-seen", RECBOLE: "RecBole"}
