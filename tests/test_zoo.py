@@ -271,7 +271,7 @@ def test_bench_distils_from_the_shipped_export_of_its_teacher_cell(tmp_path):
     record has no checkpoint on this machine distils from those weights and does not train the teacher
     again; its own checkpoint wins when present; a record whose metrics, seed or id differ from the card
     is not matched (the teacher is trained again)."""
-    from recbole_kd.bench.runner import cell_checkpoint, cell_command, teacher_reruns
+    from recbole_kd.bench.runner import _done_state, cell_checkpoint, cell_command, teacher_reruns
     from recbole_kd.bench.suite import Cell
     from recbole_kd.zoo import exported_from, weights_path
 
@@ -282,6 +282,7 @@ def test_bench_distils_from_the_shipped_export_of_its_teacher_cell(tmp_path):
     assert exported_from(rec)["name"] == card["name"]
     out = str(tmp_path / "out")
     assert cell_checkpoint(rec, out) == weights_path(card)
+    assert _done_state(rec, out) == f"done (weights: pretrained {card['name']})"  # as --dry-run lists it
     teacher = Cell(dataset=rec["dataset"], label="SASRec-L", model="SASRec-L", group="teacher", seed=rec["seed"],
                    settings={})
     kd = Cell(dataset=rec["dataset"], label="KD", model="KD-SASRec", group="distilled", seed=2021, settings={},

@@ -138,6 +138,17 @@ def cell_checkpoint(rec: dict, out: str) -> str:
     return zoo.check_weights(card) if card else own
 
 
+def _done_state(rec: dict, out: str) -> str:
+    """A finished cell's state in ``--dry-run``: "done", and where its weights come from when a shipped
+    pretrained teacher stands in for its missing checkpoint."""
+    ckpt = rec["result"].get("checkpoint")
+    if ckpt and not os.path.exists(os.path.join(out, ckpt)):
+        card = zoo.exported_from(rec)
+        if card:
+            return f"done (weights: pretrained {card['name']})"
+    return "done"
+
+
 def _checkpoint_here(rec: dict | None, out: str) -> bool:
     """A finished cell whose weights are on this machine (``cell_checkpoint``) and which recorded both
     protocols."""
@@ -400,7 +411,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
             state = ("to run (teacher)" if c.id in reruns else
                      "to run (one protocol)" if (c.dataset, c.label, c.seed) in stale and selected(c, only) else
                      "done (one protocol)" if (c.dataset, c.label, c.seed) in stale else
-                     "done" if (c.dataset, c.label, c.seed) in records else
+                     _done_state(records[(c.dataset, c.label, c.seed)], out) if (c.dataset, c.label, c.seed) in records else
                      ("to run (data changed)" if selected(c, only) else "data changed") if c.id in changed else
                      f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
                      "failed before" if failed_record(out, c) else "to run")
