@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 
+from recbole.utils import ModelType
+
 from recbole_kd.bench.suite import Cell
 from recbole_kd.datasets.fingerprint import data_files
 from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
 from recbole_kd.protocol import FILTER_SEEN, RECBOLE
+from recbole_kd.registry import UnknownModelError, get_entry
 from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
 
 
@@ -115,10 +118,6 @@ def same_under_both(result: dict) -> bool:
     if (result.get("test_result_by_protocol") or not result.get("test_result") or result.get("teacher")
             or result.get("source_dataset")):  # distilled, or transferred from a source model chosen on valid
         return False
-    from recbole.utils import ModelType
-
-    from recbole_kd.registry import UnknownModelError, get_entry
-
     try:
         return get_entry(result.get("model") or "").cls.type != ModelType.SEQUENTIAL
     except UnknownModelError:
