@@ -660,6 +660,10 @@ def test_the_headline_is_chosen_on_validation_not_on_test(tmp_path):
             "(worst/best seed 1.097)") in report
     assert "**good on test**" not in report
 
+    del records[("a", "good on valid", 2)]  # a row with a seed still to run is no headline yet
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    assert rows["good on test"]["headline"] and not rows["good on valid"]["headline"]
+
 
 def test_a_cell_measured_on_other_data_is_run_again_and_never_reported(tmp_path, monkeypatch, capsys):
     """A finished cell records the sha256 of its dataset's atomic files; after the data changes (e.g. a new

@@ -123,10 +123,13 @@ def summarize(cells: list[Cell], records: dict, out: str) -> list[dict]:
 def headlines(same: list[dict], protocol: str) -> list[dict]:
     """For each student-alone reference of a dataset, the distilled or transfer row compared with it that has
     the best mean validation NDCG@10 under ``protocol``: the method a user would pick without looking at
-    test data, so its test ratio is the honest headline (choosing by test NDCG@10 would overstate it)."""
+    test data, so its test ratio is the honest headline (choosing by test NDCG@10 would overstate it). A row
+    takes part once all its planned seeds are in (a one-seed mean is no headline)."""
     best = {}
     for row in same:
         if row["group"] not in ("distilled", "transfer") or not row.get("vs_student_label"):
+            continue
+        if len(row["seeds"]) < row["seeds_planned"]:
             continue
         valid = (row.get("valid_ndcg") or {}).get(protocol)
         if not valid or valid[0] is None:
