@@ -17,7 +17,7 @@ from recbole_kd.datasets.fingerprint import data_files
 from recbole_kd.kd.teacher_spec import distilled_from_raw_top_k
 from recbole_kd.protocol import FILTER_SEEN, RECBOLE
 from recbole_kd.registry import UnknownModelError, get_entry
-from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
+from recbole_kd.serving.artefact import cached_file_sha256  # torch and the standard library only
 
 
 def _read_json(path: str):
@@ -45,17 +45,6 @@ def stored_record(out: str, cell: Cell) -> dict | None:
     return None
 
 
-_SHA256: dict = {}
-
-
-def _sha256(path: str) -> str:
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        _SHA256[key] = file_sha256(path)
-    return _SHA256[key]
-
-
 def data_changed(rec: dict, cell: Cell, data_path: str | None = None) -> bool:
     """Whether the atomic files of the cell's dataset differ from those its run read (``data_files`` of its
     result: a file changed, was added or is gone): a number measured on other data (e.g. an earlier
@@ -68,7 +57,7 @@ def data_changed(rec: dict, cell: Cell, data_path: str | None = None) -> bool:
     if not files or not folder or not os.path.isdir(folder):
         return False
     now = data_files(folder, cell.dataset, None, (cell.settings or {}).get("benchmark_filename"))
-    return sorted(now) != sorted(files) or any(_sha256(os.path.join(folder, n)) != files[n] for n in now)
+    return sorted(now) != sorted(files) or any(cached_file_sha256(os.path.join(folder, n)) != files[n] for n in now)
 
 
 def _stale_kd(rec: dict, cell: Cell) -> bool:

@@ -135,7 +135,7 @@ def cell_checkpoint(rec: dict, out: str) -> str:
     if os.path.exists(own):
         return own
     card = zoo.exported_from(rec)
-    return zoo.check_weights(card) if card else own
+    return zoo.check_weights(card, cached=True) if card else own
 
 
 def _done_state(rec: dict, out: str) -> str:

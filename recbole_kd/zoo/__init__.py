@@ -24,7 +24,7 @@ import sys
 from recbole_kd.checkpoint import CheckpointError, item_vocab_hash, plain
 from recbole_kd.datasets.fingerprint import data_files, data_fingerprint  # noqa: F401  (also importable from here)
 from recbole_kd.kd.teacher_spec import SPLIT_KEYS, split_settings
-from recbole_kd.serving.artefact import file_sha256  # torch and the standard library only
+from recbole_kd.serving.artefact import cached_file_sha256, file_sha256  # torch and the standard library only
 
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 CARD_FILE = "card.json"
@@ -87,13 +87,15 @@ def weights_path(card: dict) -> str:
     return os.path.join(card["_dir"], card["weights"]["file"])
 
 
-def check_weights(card: dict) -> str:
-    """The entry's weights path, once its sha256 equals the card's (else ``CheckpointError``)."""
+def check_weights(card: dict, cached: bool = False) -> str:
+    """The entry's weights path, once its sha256 equals the card's (else ``CheckpointError``). ``cached``:
+    hash an unchanged file once per process (``cached_file_sha256``; the bench, which asks on every pass
+    over its cells); a run that loads the weights hashes them afresh."""
     path = weights_path(card)
     if not os.path.isfile(path):
         raise CheckpointError(f"pretrained teacher {card['name']}: {path} is missing; reinstall recbole-kd or set "
                               "teacher_pretrained=False")
-    if file_sha256(path) != card["weights"]["sha256"]:
+    if (cached_file_sha256 if cached else file_sha256)(path) != card["weights"]["sha256"]:
         raise CheckpointError(f"pretrained teacher {card['name']}: {path} does not match the sha256 in its card "
                               "(changed or corrupt); reinstall recbole-kd or set teacher_pretrained=False")
     return path
