@@ -347,6 +347,13 @@ def test_distilled_card_names_the_teacher(trained, tmp_path):
     assert info["card"]["registry_kind"] == "distilled"
     assert info["card"]["distillation"]["teacher"] == "SASRec-L"
     assert info["card"]["distillation"]["kd_losses"] == {"soft": 1.0}
+    assert info["card"]["distillation"]["teacher_config"] == config.get("teacher_config")
+    # a teacher loaded from a checkpoint was not built from teacher_config: the card does not show it
+    atomic_save({**state, "config": {**config, "teacher_checkpoint": "/models/teacher.pth",
+                                     "teacher_config": {"hidden_size": 128}}}, str(ck))
+    card = export(str(ck), str(tmp_path / "art2"))["card"]
+    assert card["distillation"]["teacher_checkpoint"] == "/models/teacher.pth"
+    assert "teacher_config" not in card["distillation"]
 
 
 # ---- recommend --------------------------------------------------------------------------------------------

@@ -165,6 +165,8 @@ def build_card(state: dict, checkpoint: str, kind: str, dataset, result: dict | 
         if result is not None:
             info.update({k: result.get(k) for k in ("teacher_checkpoint", "teacher_source", "teacher_test_result")
                          if result.get(k) is not None})
+        if info.get("teacher_checkpoint"):  # the teacher was that checkpoint: teacher_config did not build it
+            info.pop("teacher_config")
         card["distillation"] = info
     card["item_vocab_matches_checkpoint"] = meta.get("item_vocab") == card["data"]["item_vocab_hash"]
     return card
