@@ -69,10 +69,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(folder: str, port: int, threads: int, concurrency: int):
+def start_service(folder: str, port: int, threads: int, concurrency: int, max_batch: int):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "recbole_kd", "serve", folder, "--port", str(port), "--threads",
-                             str(threads), "--limit-concurrency", str(concurrency + 16), "--log-level", "warning"],
+                             str(threads), "--limit-concurrency", str(concurrency + 16), "--max-batch", str(max_batch),
+                             "--log-level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -140,6 +141,16 @@ def client_load(port: int, bodies: list[bytes], clients: int, total: int) -> dic
     return out
 
 
+def passes(port: int) -> dict:
+    """The service's forward passes so far, by batch size (GET /health)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read()).get("passes_by_batch_size") or {}
+    finally:
+        conn.close()
+
+
 def in_process(art, requests: list[dict], reps: int) -> dict:
     parsed = [art.parse(r) for r in requests]
     for p, k, e in parsed[:5]:  # warm-up
@@ -165,10 +176,13 @@ def main():
     ap.add_argument("--requests", type=int, default=2000, help="requests per client level (after --warmup)")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the service and in-process runs")
+    ap.add_argument("--max-batch", dest="max_batch", type=int, nargs="+", default=[32],
+                    help="the service's --max-batch; several values: each artefact is served and measured once "
+                         "per value (1: one request per forward pass)")
     ap.add_argument("--name", default="serve_latency", help="results file stem (benchmarks/results/<name>.json/.md)")
     args = ap.parse_args()
-    if min(args.clients) < 1 or args.requests < 1:
-        fail("--clients and --requests must be 1 or more")
+    if min(args.clients) < 1 or args.requests < 1 or min(args.max_batch) < 1:
+        fail("--clients, --requests and --max-batch must be 1 or more")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -185,27 +199,38 @@ def main():
                "source_checkpoint_sha256": (art.card.get("source") or {}).get("checkpoint_sha256"),
                "test_ndcg@10": {p: t.get("ndcg@10") for p, t in (art.card.get("test_result_by_protocol") or {}).items()},
                "in_process": in_process(art, requests, max(200, args.requests // 4)), "http": []}
-        port = free_port()
-        proc = start_service(folder, port, args.threads, max(args.clients))
-        try:
-            client_load(port, bodies, 1, args.warmup)
-            for clients in args.clients:
-                row["http"].append(client_load(port, bodies, clients, args.requests))
-                print(f"{art.model_name} {clients} clients: {row['http'][-1]}", file=sys.stderr)
-        finally:
-            proc.terminate()
-            row["serve_exit_status"] = proc.wait(timeout=60)
+        for max_batch in args.max_batch:
+            port = free_port()
+            proc = start_service(folder, port, args.threads, max(args.clients), max_batch)
+            try:
+                client_load(port, bodies, 1, args.warmup)
+                before = passes(port)
+                for clients in args.clients:
+                    level = {"max_batch": max_batch, **client_load(port, bodies, clients, args.requests)}
+                    after = passes(port)
+                    n = sum(after.values()) - sum(before.values())  # forward passes in this level
+                    level["forward_passes"] = n
+                    level["mean_batch"] = (sum(int(b) * c for b, c in after.items())
+                                           - sum(int(b) * c for b, c in before.items())) / n if n else None
+                    before = after
+                    row["http"].append(level)
+                    print(f"{art.model_name} max_batch {max_batch}, {clients} clients: {level}", file=sys.stderr)
+            finally:
+                proc.terminate()
+                row.setdefault("serve_exit_status", []).append(proc.wait(timeout=60))
         rows.append(row)
 
-    lines = ["| model | dataset | params | in-process p50 / p99 ms | clients | HTTP p50 / p99 ms | requests/s | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | dataset | params | in-process p50 / p99 ms | max batch | clients | HTTP p50 / p99 ms | "
+             "requests/s | mean batch | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         ip = row["in_process"]
         for level in row["http"]:
+            mean_batch = f"{level['mean_batch']:.2f}" if level.get("mean_batch") else "-"
             lines.append(f"| {row['model']} | {row['dataset']} | {row['num_params'] or 0:,} | "
-                         f"{ip['p50_ms']:.2f} / {ip['p99_ms']:.2f} | {level['clients']} | "
+                         f"{ip['p50_ms']:.2f} / {ip['p99_ms']:.2f} | {level['max_batch']} | {level['clients']} | "
                          f"{level.get('p50_ms', float('nan')):.2f} / {level.get('p99_ms', float('nan')):.2f} | "
-                         f"{level['throughput_rps'] or 0:.0f} | {level['errors']} |")
+                         f"{level['throughput_rps'] or 0:.0f} | {mean_batch} | {level['errors']} |")
     lines += ["", "| model | trained weights (source checkpoint, sha256) | test NDCG@10 on its card |", "|---|---|---|"]
     for row in rows:
         ndcg = ", ".join(f"{v:.4f} ({p})" for p, v in row["test_ndcg@10"].items() if v is not None) or "-"
@@ -213,9 +238,10 @@ def main():
                      f"({(row['source_checkpoint_sha256'] or '-')[:12]}) | {ndcg} |")
     if len(rows) > 1:  # the first artefact against each other one, level by level
         first = rows[0]
-        lines += ["", f"Ratios, {first['model']} over each other artefact: throughput (requests/s) and in-process p50.", ""]
+        lines += ["", f"Ratios, {first['model']} over each other artefact: throughput (requests/s) at the same max "
+                  "batch and clients, and in-process p50.", ""]
         for other in rows[1:]:
-            ratios = [f"{a['clients']} clients {a['throughput_rps'] / b['throughput_rps']:.2f}x"
+            ratios = [f"max batch {a['max_batch']}, {a['clients']} clients {a['throughput_rps'] / b['throughput_rps']:.2f}x"
                       for a, b in zip(first["http"], other["http"]) if a["throughput_rps"] and b["throughput_rps"]]
             lines.append(f"- vs {other['model']}: throughput {', '.join(ratios)}; in-process p50 "
                          f"{other['in_process']['p50_ms'] / first['in_process']['p50_ms']:.2f}x faster")

@@ -1,5 +1,6 @@
 """Shipping a trained model (issue 38): ``export`` writes an artefact whose top-K equals the checkpoint's own
 full-sort ranking, ``recommend`` answers from it, ``serve`` puts it behind HTTP; the loader needs no RecBole."""
+import concurrent.futures
 import glob
 import json
 import os
@@ -507,6 +508,17 @@ def test_serve_answers_as_recommend_and_refuses_bad_requests(trained):
         for body, status, message in cases:
             got_status, got = _post(port, body)
             assert got_status == status and message in got["error"], (body[:50], got_status, got)
+        # concurrent requests (scored together when they meet a busy model) get the answers of one at a time
+        histories = [[str(1 + (i * 7 + j) % 50) for j in range(1 + i % 6)] for i in range(24)]
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda h: _post(port, {"history": h, "k": 5, "exclude_seen": True}), histories))
+        for history, (status, body) in zip(histories, answers):
+            items, scores = art.recommend(history=history, k=5, exclude_seen=True)
+            assert status == 200 and body["items"] == items
+            assert torch.allclose(torch.tensor(body["scores"]), torch.tensor(scores), atol=1e-5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            passes = json.loads(r.read())["passes_by_batch_size"]
+        assert sum(int(n) * c for n, c in passes.items()) == 24 + 1 + 3  # every scored request, in some pass
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/nowhere", timeout=10)
             raise AssertionError("404 expected")
@@ -518,6 +530,50 @@ def test_serve_answers_as_recommend_and_refuses_bad_requests(trained):
 
 
 @pytest.mark.slow
+def test_batcher_scores_waiting_requests_together_and_answers_each_its_own():
+    """Requests that arrive while a pass is running go into the next pass together (never more than
+    max_batch); each gets its own answer; one request alone is a pass of one; an error in a pass reaches
+    every request of that pass and the next requests are served again."""
+    import asyncio
+    import threading
+
+    from recbole_kd.serving.service import Batcher
+
+    class Fake:
+        def __init__(self):
+            self.calls, self.gate = [], threading.Event()
+
+        def top_k(self, parsed, ks, excludes):
+            self.calls.append(list(parsed))
+            self.gate.wait(5)  # the first pass runs until every other request is waiting
+            if "boom" in parsed:
+                raise RuntimeError("boom")
+            return [([f"item{p}"] * k, [float(e)]) for p, k, e in zip(parsed, ks, excludes)]
+
+    async def run(fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    async def main():
+        fake = Fake()
+        batcher = Batcher(fake, max_batch=4, run=run)
+        first = asyncio.ensure_future(batcher.top_k(0, 1, False))
+        while not fake.calls:
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(batcher.top_k(i, 2, i % 2 == 0)) for i in range(1, 10)]
+        await asyncio.sleep(0.05)
+        fake.gate.set()
+        answers = await asyncio.gather(first, *rest)
+        assert answers == [(["item0"], [0.0])] + [([f"item{i}"] * 2, [float(i % 2 == 0)]) for i in range(1, 10)]
+        assert fake.calls == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9]]
+        assert dict(batcher.batch_sizes) == {1: 2, 4: 2}
+        assert await batcher.top_k(11, 1, False) == (["item11"], [0.0])  # alone: a pass of one
+        failed = await asyncio.gather(batcher.top_k("boom", 1, False), return_exceptions=True)
+        assert isinstance(failed[0], RuntimeError)
+        assert await batcher.top_k(12, 1, False) == (["item12"], [0.0])
+
+    asyncio.run(main())
+
+
 def test_serve_mf_model_and_start_errors(trained, capsys):
     from recbole_kd.serving.artefact import Artefact
 
@@ -540,6 +596,7 @@ def test_serve_mf_model_and_start_errors(trained, capsys):
     for args, message in (([trained["mf"]["art"], "--port", "0"], "--port must be from 1 to 65535"),
                           ([trained["mf"]["art"], "--port", "8000", "--threads", "0"], "--threads must be 1 or more"),
                           ([trained["mf"]["art"], "--port", "8000", "--max-k", "0"], "--max-k must be 1 or more"),
+                          ([trained["mf"]["art"], "--port", "8000", "--max-batch", "0"], "--max-batch must be 1 or more"),
                           ([trained["mf"]["art"]], "required: --port"),
                           (["/nonexistent/art", "--port", "8000"], "does not exist")):
         code, line = cli_in_process(capsys, "serve", *args)
@@ -562,14 +619,18 @@ def test_serve_latency_benchmark_runs_on_tiny_artefacts(trained, tmp_path, monke
     histories = tmp_path / "h.jsonl"
     histories.write_text('{"history": ["3", "4"]}\n{"history": ["9"]}\n{"user": "3"}\n')
     monkeypatch.setattr(sys, "argv", ["serve_latency.py", trained["seq"]["art"], "--histories", str(histories),
-                                      "--clients", "1", "4", "--requests", "12", "--warmup", "2"])
+                                      "--clients", "1", "4", "--requests", "12", "--warmup", "2", "--max-batch", "1", "8"])
     serve_latency.main()
     out = json.loads((tmp_path / "results" / "serve_latency.json").read_text())
     (row,) = out["rows"]
-    assert row["model"] == "SASRec-S" and row["distinct_requests"] == 2 and row["serve_exit_status"] == 0
-    assert [level["clients"] for level in row["http"]] == [1, 4]
+    assert row["model"] == "SASRec-S" and row["distinct_requests"] == 2 and row["serve_exit_status"] == [0, 0]
+    assert [(level["max_batch"], level["clients"]) for level in row["http"]] == [(1, 1), (1, 4), (8, 1), (8, 4)]
     assert all(level["errors"] == 0 and level["n"] == 12 and level["p99_ms"] >= level["p50_ms"] > 0
                for level in row["http"])
+    # the service's own count of forward passes: every request of a level is in one, one at a time with 1 client
+    assert all(1 <= level["forward_passes"] <= 12 and level["mean_batch"] * level["forward_passes"] == 12
+               for level in row["http"])
+    assert [level["mean_batch"] for level in row["http"] if level["max_batch"] == 1 or level["clients"] == 1] == [1] * 3
     assert row["in_process"]["n"] >= 200
     card = json.loads((Path(trained["seq"]["art"]) / "card.json").read_text())
     assert row["source_checkpoint_sha256"] == card["source"]["checkpoint_sha256"]  # the report names its weights

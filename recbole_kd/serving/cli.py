@@ -212,12 +212,15 @@ def serve_main(argv) -> int:
                     help="largest request body in bytes (default 1 MiB; larger: 413)")
     ap.add_argument("--limit-concurrency", dest="limit_concurrency", type=int, default=64,
                     help="connections + requests in progress before the service answers 503 (default 64)")
+    ap.add_argument("--max-batch", dest="max_batch", type=int, default=32,
+                    help="most requests scored in one forward pass: requests that arrive while the model is busy "
+                         "are scored together (default 32; 1: one request per pass)")
     ap.add_argument("--log-level", dest="log_level", default="info", choices=["critical", "error", "warning", "info"])
     try:
         args = ap.parse_args(argv)
         if not 0 < args.port < 65536:
             raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
-        for name in ("threads", "max_k", "max_history", "max_body", "limit_concurrency"):
+        for name in ("threads", "max_k", "max_history", "max_body", "limit_concurrency", "max_batch"):
             if getattr(args, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
         try:
@@ -230,7 +233,8 @@ def serve_main(argv) -> int:
         try:
             return serve(args.artefact, host=args.host, port=args.port, threads=args.threads, max_k=args.max_k,
                          max_history=args.max_history, max_body=args.max_body,
-                         limit_concurrency=args.limit_concurrency, log_level=args.log_level)
+                         limit_concurrency=args.limit_concurrency, log_level=args.log_level,
+                         max_batch=args.max_batch)
         except ServeError as exc:
             raise UsageError(str(exc)) from None
     except (UsageError, ArtefactError) as exc:

@@ -8,9 +8,12 @@
 Errors are JSON ``{"error": "..."}``: 400 malformed JSON, 413 body or history over the limit, 422 a request the
 model cannot answer (unknown tokens, named; empty history; k out of range; a user for a sequential model ...).
 Memory is bounded by the body limit, ``max_k``, ``max_history`` and uvicorn's ``limit_concurrency`` (503 past it).
+Requests that arrive while the model is busy are scored together in one forward pass (``Batcher``).
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
 import signal
 import sys
@@ -27,10 +30,53 @@ class HTTPError(Exception):
         self.status = status
 
 
-def create_app(artefact: Artefact, max_k: int = 1000, max_history: int = 1000, max_body: int = 1 << 20):
+class Batcher:
+    """Scores concurrent requests together: a request that arrives while the model is busy waits for the pass
+    in progress, then goes into the next forward pass with every other request that waited (at most
+    ``max_batch``). No request waits for a timer or for a batch to fill: one request at a time is one pass
+    each, as without a batcher; under load, one pass answers many. ``run`` (an async callable running a sync
+    function off the event loop, e.g. starlette's ``run_in_threadpool``) runs ``artefact.top_k``."""
+
+    def __init__(self, artefact, max_batch: int, run):
+        self.artefact, self.max_batch, self.run = artefact, max_batch, run
+        self.pending: collections.deque = collections.deque()
+        self.worker: asyncio.Task | None = None
+        self.batch_sizes: collections.Counter = collections.Counter()  # passes by batch size (GET /health)
+
+    async def top_k(self, parsed, k: int, exclude: bool):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((parsed, k, exclude, future))
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self):
+        while self.pending:
+            batch = [self.pending.popleft() for _ in range(min(self.max_batch, len(self.pending)))]
+            batch = [b for b in batch if not b[3].done()]  # a client that went away cancelled its future
+            if not batch:
+                continue
+            self.batch_sizes[len(batch)] += 1
+            try:
+                results = await self.run(self.artefact.top_k, [b[0] for b in batch], [b[1] for b in batch],
+                                         [b[2] for b in batch])
+            except Exception as exc:  # every request of the pass gets the error (a 500 from the app)
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for (*_, future), result in zip(batch, results):
+                    if not future.done():
+                        future.set_result(result)
+
+
+def create_app(artefact: Artefact, max_k: int = 1000, max_history: int = 1000, max_body: int = 1 << 20,
+               max_batch: int = 32):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+
+    batcher = Batcher(artefact, max_batch, run_in_threadpool)
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -62,12 +108,13 @@ def create_app(artefact: Artefact, max_k: int = 1000, max_history: int = 1000, m
             return error(exc.status, str(exc))
         except RequestError as exc:
             return error(exc.status, str(exc))
-        items, scores = (await run_in_threadpool(artefact.top_k, [parsed], [k], [exclude]))[0]
+        items, scores = await batcher.top_k(parsed, k, exclude)
         return JSONResponse({"items": items, "scores": scores})
 
     async def health(request):
         return JSONResponse({"status": "ok", **artefact.summary(), "limits": {
-            "max_k": max_k, "max_history": max_history, "max_body_bytes": max_body}})
+            "max_k": max_k, "max_history": max_history, "max_body_bytes": max_body, "max_batch": max_batch},
+            "passes_by_batch_size": {str(n): c for n, c in sorted(batcher.batch_sizes.items())}})
 
     async def http_error(request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail))
@@ -78,13 +125,13 @@ def create_app(artefact: Artefact, max_k: int = 1000, max_history: int = 1000, m
 
 def serve(folder: str, host: str = "127.0.0.1", port: int = 8000, threads: int = 1, max_k: int = 1000,
           max_history: int = 1000, max_body: int = 1 << 20, limit_concurrency: int = 64,
-          log_level: str = "info") -> int:
+          log_level: str = "info", max_batch: int = 32) -> int:
     """Run the service until SIGTERM or SIGINT, then shut down gracefully (in-flight requests finish); returns 0."""
     import uvicorn
 
     torch.set_num_threads(threads)
     artefact = Artefact.load(folder)
-    app = create_app(artefact, max_k=max_k, max_history=max_history, max_body=max_body)
+    app = create_app(artefact, max_k=max_k, max_history=max_history, max_body=max_body, max_batch=max_batch)
     config = uvicorn.Config(app, host=host, port=port, limit_concurrency=limit_concurrency, access_log=False,
                             log_level=log_level, timeout_graceful_shutdown=10, lifespan="off")
     server = uvicorn.Server(config)
