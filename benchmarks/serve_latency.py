@@ -141,14 +141,15 @@ def client_load(port: int, bodies: list[bytes], clients: int, total: int) -> dic
     return out
 
 
-def passes(port: int) -> dict:
-    """The service's forward passes so far, by batch size (GET /health)."""
+def passes(port: int) -> tuple[int, int]:
+    """(forward passes, requests scored in them) of the service so far (GET /health)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", "/health")
-        return json.loads(conn.getresponse().read()).get("passes_by_batch_size") or {}
+        by_size = json.loads(conn.getresponse().read()).get("passes_by_batch_size") or {}
     finally:
         conn.close()
+    return sum(by_size.values()), sum(int(size) * n for size, n in by_size.items())
 
 
 def in_process(art, requests: list[dict], reps: int) -> dict:
@@ -208,10 +209,9 @@ def main():
                 for clients in args.clients:
                     level = {"max_batch": max_batch, **client_load(port, bodies, clients, args.requests)}
                     after = passes(port)
-                    n = sum(after.values()) - sum(before.values())  # forward passes in this level
+                    n, scored = after[0] - before[0], after[1] - before[1]  # this level's passes and requests
                     level["forward_passes"] = n
-                    level["mean_batch"] = (sum(int(b) * c for b, c in after.items())
-                                           - sum(int(b) * c for b, c in before.items())) / n if n else None
+                    level["mean_batch"] = scored / n if n else None
                     before = after
                     row["http"].append(level)
                     print(f"{art.model_name} max_batch {max_batch}, {clients} clients: {level}", file=sys.stderr)
