@@ -1,9 +1,11 @@
 """Serving latency of exported models (``python -m recbole_kd export``): HTTP and in-process.
 
 For each artefact folder: starts ``python -m recbole_kd serve`` in a subprocess, then measures single-request
-latency (p50 / p99) and throughput with 1, 8 and 64 concurrent clients (threads, one keep-alive
+latency (p50 / p99) and throughput with 1, 2, 4, ... 64 concurrent clients (threads, one keep-alive
 ``http.client`` connection each), all sending the same fixed requests; plus the in-process latency of the
-artefact (no HTTP) for one request at a time.
+artefact (no HTTP) for one request at a time. Throughput at equal p99: for each latency bound (``--p99-ms``),
+each artefact's best requests/s among its levels within the bound, and the ratio of the first artefact's to
+each other's (a student against its teacher: how many more requests it serves under the same latency bound).
 
     python benchmarks/serve_latency.py ART_STUDENT ART_TEACHER [--histories FILE.jsonl] [--requests 2000]
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.metadata
 import json
 import os
 import random
@@ -152,6 +155,25 @@ def passes(port: int) -> tuple[int, int]:
     return sum(by_size.values()), sum(int(size) * n for size, n in by_size.items())
 
 
+def best_within(levels: list[dict], p99_ms: float) -> dict | None:
+    """The level with the highest throughput among those whose p99 is within ``p99_ms`` and that had no error."""
+    ok = [lv for lv in levels if not lv["errors"] and lv.get("p99_ms") is not None and lv["p99_ms"] <= p99_ms]
+    return max(ok, key=lambda lv: lv["throughput_rps"], default=None)
+
+
+def server_stack() -> dict:
+    """What uvicorn's automatic choice serves with: httptools and uvloop when installed (the serve extra),
+    else h11 and asyncio."""
+    found = {}
+    for name in ("uvicorn", "starlette", "httptools", "uvloop"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return {**found, "http": "httptools" if found["httptools"] else "h11",
+            "loop": "uvloop" if found["uvloop"] else "asyncio"}
+
+
 def in_process(art, requests: list[dict], reps: int) -> dict:
     parsed = [art.parse(r) for r in requests]
     for p, k, e in parsed[:5]:  # warm-up
@@ -173,13 +195,16 @@ def main():
     ap.add_argument("--history_length", type=int, default=20, help="items per sampled history")
     ap.add_argument("--seed", type=int, default=2020)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--requests", type=int, default=2000, help="requests per client level (after --warmup)")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the service and in-process runs")
     ap.add_argument("--max-batch", dest="max_batch", type=int, nargs="+", default=[32],
                     help="the service's --max-batch; several values: each artefact is served and measured once "
                          "per value (1: one request per forward pass)")
+    ap.add_argument("--p99-ms", dest="p99_ms", type=float, nargs="+", default=[5, 10, 20, 50, 100],
+                    help="latency bounds: per bound, each artefact's highest requests/s over its levels (any max "
+                         "batch and clients) whose p99 is within it, and the ratio to the first artefact's")
     ap.add_argument("--name", default="serve_latency", help="results file stem (benchmarks/results/<name>.json/.md)")
     args = ap.parse_args()
     if min(args.clients) < 1 or args.requests < 1 or min(args.max_batch) < 1:
@@ -245,11 +270,26 @@ def main():
                       for a, b in zip(first["http"], other["http"]) if a["throughput_rps"] and b["throughput_rps"]]
             lines.append(f"- vs {other['model']}: throughput {', '.join(ratios)}; in-process p50 "
                          f"{other['in_process']['p50_ms'] / first['in_process']['p50_ms']:.2f}x faster")
+    if args.p99_ms:
+        lines += ["", "Throughput at equal p99: per bound, the highest requests/s among an artefact's levels (max "
+                  "batch, clients) with p99 within it and no error; in parentheses that level (max batch / "
+                  "clients).", "", "| p99 bound ms | " + " | ".join(r["model"] for r in rows) +
+                  "".join(f" | {rows[0]['model']} / {r['model']}" for r in rows[1:]) + " |",
+                  "|---:|" + "---:|" * (2 * len(rows) - 1)]
+        for bound in args.p99_ms:
+            best = [best_within(r["http"], bound) for r in rows]
+            cells = [f"{b['throughput_rps']:.0f} ({b['max_batch']} / {b['clients']})" if b else "-" for b in best]
+            ratios = [f"{best[0]['throughput_rps'] / b['throughput_rps']:.2f}x" if best[0] and b else "-"
+                      for b in best[1:]]
+            lines.append(f"| {bound:g} | " + " | ".join(cells + ratios) + " |")
     note = (f"\nTop-{args.k} per request, {rows[0]['distinct_requests']} distinct requests "
             f"({'from ' + args.histories if args.histories else f'sampled, seed {args.seed}'}), "
             f"{args.requests} requests per client level, torch threads {args.threads}; clients are threads in the "
             "benchmark process with one keep-alive connection each, on the same machine as the service.\n")
-    write_outputs(args.name, {"settings": vars(args), "rows": rows}, "\n".join(lines) + "\n" + note)
+    stack = server_stack()
+    note += (f"Service: uvicorn {stack['uvicorn']} ({stack['http']}, {stack['loop']}), starlette "
+             f"{stack['starlette']}.\n")
+    write_outputs(args.name, {"settings": vars(args), "server": stack, "rows": rows}, "\n".join(lines) + "\n" + note)
     print("\n".join(lines))
 
 

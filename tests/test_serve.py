@@ -632,6 +632,9 @@ def test_serve_latency_benchmark_runs_on_tiny_artefacts(trained, tmp_path, monke
                for level in row["http"])
     assert [level["mean_batch"] for level in row["http"] if level["max_batch"] == 1 or level["clients"] == 1] == [1] * 3
     assert row["in_process"]["n"] >= 200
+    report = (tmp_path / "results" / "serve_latency.md").read_text()
+    assert "Throughput at equal p99" in report and f"uvicorn {out['server']['uvicorn']}" in report
+    assert out["server"]["http"] in ("httptools", "h11") and out["server"]["loop"] in ("uvloop", "asyncio")
     card = json.loads((Path(trained["seq"]["art"]) / "card.json").read_text())
     assert row["source_checkpoint_sha256"] == card["source"]["checkpoint_sha256"]  # the report names its weights
     assert card["source"]["checkpoint_sha256"][:12] in (tmp_path / "results" / "serve_latency.md").read_text()
@@ -639,3 +642,18 @@ def test_serve_latency_benchmark_runs_on_tiny_artefacts(trained, tmp_path, monke
     with pytest.raises(SystemExit) as exit_:
         serve_latency.main()
     assert exit_.value.code == 2
+
+
+def test_serve_latency_throughput_at_equal_p99_picks_the_best_level_within_the_bound():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import serve_latency
+
+    levels = [{"max_batch": 1, "clients": 1, "errors": 0, "p99_ms": 2.0, "throughput_rps": 500.0},
+              {"max_batch": 1, "clients": 8, "errors": 0, "p99_ms": 9.0, "throughput_rps": 900.0},
+              {"max_batch": 32, "clients": 8, "errors": 0, "p99_ms": 8.0, "throughput_rps": 1600.0},
+              {"max_batch": 32, "clients": 64, "errors": 3, "p99_ms": 4.0, "throughput_rps": 5000.0},  # errors
+              {"max_batch": 32, "clients": 64, "errors": 0, "p99_ms": 190.0, "throughput_rps": 1500.0}]
+    assert serve_latency.best_within(levels, 1.0) is None
+    assert serve_latency.best_within(levels, 5.0)["throughput_rps"] == 500.0
+    assert serve_latency.best_within(levels, 8.0)["throughput_rps"] == 1600.0  # the bound is inclusive
+    assert serve_latency.best_within(levels, 1000.0)["throughput_rps"] == 1600.0
