@@ -75,7 +75,9 @@ trap                        how it is handled
                             None; ``true``/``false`` as before) and anything else
                             stays the plain string. Path settings
                             (:data:`PATH_KEYS`, and keys ending in ``_dir``,
-                            ``_path``, ``_file``) stay strings (``None``: unset).
+                            ``_path``, ``_file``) stay strings (``None``: unset),
+                            except a list of strings (``--teacher_checkpoint=
+                            ['a.pth', 'b.pth']``: an ensemble teacher).
 (h) ml-100k's data_path     shim: ``Config._set_default_parameters`` points
                             ml-100k at the copy inside the recbole wheel even when
                             ``data_path`` is given, so ``--data_path=DIR`` was
@@ -451,7 +453,14 @@ def literal_value(key, param):
     if not isinstance(param, str):
         return param
     if is_path_key(key):
-        return None if param.strip() in ("None", "~") else param
+        text = param.strip()
+        if text.startswith("[") and text.endswith("]"):  # a list of paths (teacher_checkpoint: an ensemble)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                return param
+            return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else param
+        return None if text in ("None", "~") else param
     try:
         value = ast.literal_eval(param)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):

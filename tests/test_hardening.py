@@ -1,6 +1,7 @@
 """Hardening: no code runs from a checkpoint folder or a setting value, one best-model file per run,
 --data_path is honoured for ml-100k."""
 import glob
+import json
 import os
 import pickle
 import subprocess
@@ -134,6 +135,36 @@ def test_numeric_checkpoint_dir_is_a_folder(tiny, tmp_path, capsys):
                     "--show_progress=False", "--state=WARNING", "--checkpoint_dir=2024")
     assert code == 0, err
     assert glob.glob(str(tmp_path / "2024" / "*.pth"))
+
+
+def test_path_settings_stay_strings_but_a_list_of_paths_is_a_list():
+    from recbole_kd.compat import literal_value
+
+    assert literal_value("data_path", "2024") == "2024" and literal_value("checkpoint_dir", "None") is None
+    assert literal_value("teacher_checkpoint", " ['a.pth', 'b/c.pth'] ") == ["a.pth", "b/c.pth"]
+    assert literal_value("teacher_checkpoint", "[a.pth]") == "[a.pth]"  # not a literal: the path as written
+    assert literal_value("teacher_checkpoint", "[1, 2]") == "[1, 2]"  # not paths
+    assert literal_value("teacher_checkpoint", "[__import__('os')]") == "[__import__('os')]"  # never evaluated
+
+
+def test_a_list_of_teacher_checkpoints_on_the_command_line_is_an_ensemble(tiny, tmp_path, capsys):
+    """bench passes an ensemble teacher's members as --teacher_checkpoint=['a.pth', 'b.pth']; the path key
+    kept that as one string (a file that does not exist) until lists of paths were read as lists."""
+    ckpts = []
+    for seed in (1, 2):
+        out = tmp_path / f"t{seed}.json"
+        code, err = cli(capsys, "--model=SASRec-L", "--dataset=tiny", f"--data_path={tiny}", "--epochs=1",
+                        "--show_progress=False", "--state=WARNING", f"--seed={seed}",
+                        f"--checkpoint_dir={tmp_path / f'c{seed}'}", f"--result_file={out}")
+        assert code == 0, err
+        ckpts.append(os.path.abspath(json.loads(out.read_text())["checkpoint"]))
+    out = tmp_path / "kd.json"
+    code, err = cli(capsys, "--model=KD-SASRec", "--dataset=tiny", f"--data_path={tiny}", "--epochs=1",
+                    "--show_progress=False", "--state=WARNING", "--teacher=SASRec-L", f"--teacher_checkpoint={ckpts!r}",
+                    f"--checkpoint_dir={tmp_path / 'kd'}", f"--result_file={out}")
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["teacher"] == "ensemble(SASRec-L x2)" and result["teacher_checkpoint"] == ckpts
 
 
 # ---- D3: one best-model file per run ------------------------------------------------------------
