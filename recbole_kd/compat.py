@@ -446,6 +446,9 @@ def is_path_key(key) -> bool:
     return key in PATH_KEYS or key.endswith(("_dir", "_path", "_file"))
 
 
+_NOT_A_LITERAL = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)  # what ast.literal_eval raises
+
+
 def literal_value(key, param):
     """A ``--key=value`` string as the value it spells (a Python literal), never evaluated."""
     import ast
@@ -457,13 +460,13 @@ def literal_value(key, param):
         if text.startswith("[") and text.endswith("]"):  # a list of paths (teacher_checkpoint: an ensemble)
             try:
                 value = ast.literal_eval(text)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            except _NOT_A_LITERAL:
                 return param
             return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else param
         return None if text in ("None", "~") else param
     try:
         value = ast.literal_eval(param)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    except _NOT_A_LITERAL:
         lowered = param.strip().lower()
         return True if lowered == "true" else False if lowered == "false" else param
     if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):
