@@ -122,6 +122,51 @@ def test_long_history_keeps_the_most_recent_items(trained):
     assert art.recommend(history=tokens) != art.recommend(history=tokens[:art.max_length])
 
 
+def test_batches_are_cut_after_their_longest_history_with_the_full_width_scores(trained):
+    from recbole_kd.serving.artefact import Artefact
+
+    art = Artefact.load(trained["seq"]["art"])
+    assert art.extra_positions == 0  # SASRec: no [MASK]; the export checked the trace at a narrower width
+    histories = [[1 + (i * 7 + j) % (art.n_items - 1) for j in range(n)] for i, n in enumerate((1, 3, 6))]
+    widths = []
+    real = art.module
+    art.module = lambda seq, lens: widths.append(seq.size(1)) or real(seq, lens)
+    cut = art.scores(histories)
+    assert widths == [6]  # the longest history, not max_length (50)
+    full = torch.zeros((3, art.max_length), dtype=torch.long)
+    for row, ids in enumerate(histories):
+        full[row, : len(ids)] = torch.tensor(ids)
+    with torch.inference_mode():
+        padded = real(full, torch.tensor([len(h) for h in histories])).clone()
+        padded[:, 0] = float("-inf")
+    assert torch.allclose(cut, padded, atol=1e-5)
+    art.extra_positions = None  # an artefact without the setting (older exports): every pass max_length wide
+    art.scores(histories)
+    assert widths[-1] == art.max_length
+
+
+def test_a_trace_that_cannot_take_a_narrower_batch_is_always_run_full_width(trained):
+    from recbole_kd.serving import export as export_module
+
+    _, _, model, _, _ = export_module.rebuild(trained["seq"]["checkpoint"])
+    real = torch.jit.trace
+
+    def fixed_width_trace(module, example, **kwargs):
+        traced = real(module, example, **kwargs)
+
+        def run(seq, lens):
+            if seq.size(1) != example[0].size(1):
+                raise RuntimeError("shape mismatch")  # as a trace with the width baked in fails
+            return traced(seq, lens)
+        return run
+
+    assert export_module._trace_sequential(model, 50)[1] is True
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "trace", fixed_width_trace)
+        assert export_module._trace_sequential(model, 50)[1] is False
+
+
 def test_artefact_layout_and_card(trained):
     from recbole_kd.checkpoint import load_checkpoint
     from recbole_kd.serving.artefact import file_sha256

@@ -13,8 +13,9 @@ artefact folder carries a copy of it as ``loader.py``::
 The folder (see docs/serving.md):
 
     settings.json   format marker, kind (sequential | general), model name, max_length, padding_id, n_items,
-                    sha256 of every other file
-    model.pt        TorchScript: sequential (item ids [B, max_length] left-aligned, lengths [B]) -> scores
+                    extra_positions (sequential: a batch may be cut to its longest history + this many
+                    positions; null: always max_length wide), sha256 of every other file
+    model.pt        TorchScript: sequential (item ids [B, W <= max_length] left-aligned, lengths [B]) -> scores
                     [B, n_items]; general (user rows [B]) -> scores [B, n_items]
     items.json      the item vocabulary: position = internal id, value = raw token (0 is "[PAD]")
     users.json      general models: the user vocabulary (position = user row), the same way
@@ -126,6 +127,8 @@ class Artefact:
         self.n_items = int(settings["n_items"])
         self.max_length = int(settings.get("max_length") or 0)
         self.padding_id = int(settings["padding_id"])
+        extra = settings.get("extra_positions")  # absent (older exports) or null: every pass max_length wide
+        self.extra_positions = None if extra is None else int(extra)
 
     # ---- loading --------------------------------------------------------------------------------
     @classmethod
@@ -221,10 +224,15 @@ class Artefact:
     # ---- scoring ----------------------------------------------------------------------------------
     def scores(self, inputs: list) -> torch.Tensor:
         """Scores [B, n_items] for B parsed inputs (histories of ids, or user rows); the padding id scores -inf.
-        A history longer than ``max_length`` is cut to its most recent ``max_length`` items."""
+        A history longer than ``max_length`` is cut to its most recent ``max_length`` items. The batch is as wide
+        as its longest history needs (``extra_positions``): trailing padding changes no score, only the cost."""
         with torch.inference_mode():
             if self.kind == SEQUENTIAL:
-                seq = torch.zeros((len(inputs), self.max_length), dtype=torch.long)
+                width = self.max_length
+                if self.extra_positions is not None:
+                    longest = max(min(len(ids), self.max_length) for ids in inputs)
+                    width = min(self.max_length, longest + self.extra_positions)
+                seq = torch.zeros((len(inputs), width), dtype=torch.long)
                 lens = torch.zeros(len(inputs), dtype=torch.long)
                 for i, ids in enumerate(inputs):
                     recent = ids[-self.max_length:]

@@ -211,6 +211,9 @@ def rebuild(checkpoint: str, data_path: str | None = None):
 
 
 def _trace_sequential(model, max_len: int):
+    """(TorchScript scorer, ``cut``): ``cut`` when the trace also scores a batch cut after its longest history
+    (plus the model's extra positions, e.g. a [MASK]) exactly as the full-width pass; the loader then scores
+    each batch at that width (a 9-item history needs 9 positions, not ``max_len``), else always at full width."""
     scorer = SequentialScorer(model).eval()
     n = max(2, min(4, model.n_items - 1))
     seq = torch.zeros((2, max_len), dtype=torch.long)
@@ -226,10 +229,20 @@ def _trace_sequential(model, max_len: int):
         probe_lens = torch.tensor([1, max(1, max_len // 2), max_len])
         for row, length in enumerate(probe_lens.tolist()):
             probe[row, :length] = torch.arange(length) % (model.n_items - 1) + 1
-        if not torch.allclose(traced(probe, probe_lens), scorer(probe, probe_lens), atol=1e-4, rtol=1e-4):
+        full = scorer(probe, probe_lens)
+        if not torch.allclose(traced(probe, probe_lens), full, atol=1e-4, rtol=1e-4):
             raise ExportError(f"the traced {type(model).__name__} does not reproduce the model's scores; "
                               "export cannot ship it")
-    return traced
+        # histories are left-aligned and padding is masked: positions after the longest history (and the
+        # model's extra ones) change no score, so the loader may leave them out if the trace agrees
+        short = probe_lens[:2]
+        width = min(max_len, int(short.max()) + int(getattr(model, "extra_tokens", 0)))
+        try:  # a trace that baked the width in may also fail outright on a narrower batch
+            cut = width < max_len and torch.allclose(traced(probe[:2, :width].contiguous(), short), full[:2],
+                                                     atol=1e-4, rtol=1e-4)
+        except RuntimeError:
+            cut = False
+    return traced, cut
 
 
 def export(checkpoint: str, out: str, force: bool = False, data_path: str | None = None,
@@ -255,7 +268,8 @@ def export(checkpoint: str, out: str, force: bool = False, data_path: str | None
     tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(out)}-", dir=parent)
     try:
         if kind == art.SEQUENTIAL:
-            module = _trace_sequential(model, settings["max_length"])
+            module, cut = _trace_sequential(model, settings["max_length"])
+            settings["extra_positions"] = int(getattr(model, "extra_tokens", 0)) if cut else None
         else:
             module = torch.jit.script(MFScorer(model.user_embedding.weight, model.item_embedding.weight))
             users = [str(t) for t in dataset.field2id_token[dataset.uid_field]]
