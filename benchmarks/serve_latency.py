@@ -10,6 +10,8 @@ each other's (a student against its teacher: how many more requests it serves un
     python benchmarks/serve_latency.py ART_STUDENT ART_TEACHER [--histories FILE.jsonl] [--requests 2000]
 
 Requests: ``--histories`` (JSON lines as ``recommend --input`` reads them: {"history": [...]} or {"user": ...}),
+or ``--test-histories`` (a dataset's RecBole ``.inter`` file: the test histories of ``--n_requests_pool`` users
+drawn with ``--seed``, each user's items in time order before the last one, so the real length distribution),
 else ``--n_requests_pool`` histories of ``--history_length`` items (or users, for MF artefacts) drawn from the
 artefact's vocabulary with ``--seed``.
 """
@@ -41,7 +43,31 @@ def load_artefact(folder: str):
         fail(str(exc))
 
 
-def requests_for(art, path: str | None, pool: int, length: int, seed: int, k: int) -> list[dict]:
+def test_histories(path: str, pool: int, seed: int) -> list[list[str]]:
+    """``pool`` users' test histories from a RecBole atomic ``.inter`` file (user_id, item_id, timestamp
+    columns): each user's items ordered by timestamp (ties in file order, as RecBole's stable sort), the
+    last one (the test target of leave-one-out) left out; users with one interaction are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = [c.split(":")[0] for c in f.readline().rstrip("\n").split("\t")]
+            cols = [header.index(c) for c in ("user_id", "item_id", "timestamp")]
+            rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    except (OSError, ValueError) as exc:
+        fail(f"--test-histories {path}: {exc} (a RecBole .inter file with user_id, item_id and timestamp)")
+    by_user: dict[str, list[tuple[float, int, str]]] = {}
+    for n, r in enumerate(rows):
+        by_user.setdefault(r[cols[0]], []).append((float(r[cols[2]]), n, r[cols[1]]))
+    users = sorted(u for u, items in by_user.items() if len(items) > 1)
+    chosen = random.Random(seed).sample(users, min(pool, len(users)))
+    return [[item for *_, item in sorted(by_user[u])[:-1]] for u in chosen]
+
+
+def requests_for(art, path: str | None, pool: int, length: int, seed: int, k: int,
+                 inter: str | None = None) -> list[dict]:
+    if inter:
+        if art.kind != "sequential":
+            fail(f"--test-histories is for sequential artefacts; {art.folder} is {art.kind}")
+        return [{"history": h, "k": k} for h in test_histories(inter, pool, seed)]
     if path:
         try:
             with open(path, encoding="utf-8") as f:
@@ -195,6 +221,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("artefacts", nargs="+", help="folders written by python -m recbole_kd export")
     ap.add_argument("--histories", help="JSON lines of requests ({\"history\": [...]} or {\"user\": ...})")
+    ap.add_argument("--test-histories", dest="test_histories", metavar="INTER",
+                    help="a dataset's .inter file: sample the test histories of --n_requests_pool users from it")
     ap.add_argument("--n_requests_pool", type=int, default=256, help="sampled requests when there is no --histories")
     ap.add_argument("--history_length", type=int, default=20, help="items per sampled history")
     ap.add_argument("--seed", type=int, default=2020)
@@ -219,7 +247,8 @@ def main():
     rows = []
     for folder in args.artefacts:
         art = load_artefact(folder)
-        requests = requests_for(art, args.histories, args.n_requests_pool, args.history_length, args.seed, args.k)
+        requests = requests_for(art, args.histories, args.n_requests_pool, args.history_length, args.seed, args.k,
+                                args.test_histories)
         bodies = [json.dumps(r).encode() for r in requests]
         row = {"artefact": os.path.abspath(folder), "model": art.model_name, "kind": art.kind,
                "n_items": art.n_items - 1, "dataset": (art.card.get("data") or {}).get("dataset"),
@@ -285,8 +314,16 @@ def main():
         ratios = [f"{best[0]['throughput_rps'] / b['throughput_rps']:.2f}x" if best[0] and b else "-"
                   for b in best[1:]]
         lines.append(f"| {bound:g} | " + " | ".join(cells + ratios) + " |")
-    note = (f"\nTop-{args.k} per request, {rows[0]['distinct_requests']} distinct requests "
-            f"({'from ' + args.histories if args.histories else f'sampled, seed {args.seed}'}), "
+    if args.test_histories:
+        source = f"the test histories of users drawn from {args.test_histories}, seed {args.seed}"
+        lengths = sorted(min(len(r["history"]), art.max_length) for r in requests)
+        source += (f"; history length after the artefact's cut: median {lengths[len(lengths) // 2]}, "
+                   f"max {lengths[-1]}")
+    elif args.histories:
+        source = "from " + args.histories
+    else:
+        source = f"sampled, {args.history_length} items each, seed {args.seed}"
+    note = (f"\nTop-{args.k} per request, {rows[0]['distinct_requests']} distinct requests ({source}), "
             f"{args.requests} requests per client level, torch threads {args.threads}; clients are threads in the "
             "benchmark process with one keep-alive connection each, on the same machine as the service.\n")
     stack = server_stack()

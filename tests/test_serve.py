@@ -702,3 +702,16 @@ def test_serve_latency_throughput_at_equal_p99_picks_the_best_level_within_the_b
     assert serve_latency.best_within(levels, 5.0)["throughput_rps"] == 500.0
     assert serve_latency.best_within(levels, 8.0)["throughput_rps"] == 1600.0  # the bound is inclusive
     assert serve_latency.best_within(levels, 1000.0)["throughput_rps"] == 1600.0
+
+
+def test_serve_latency_test_histories_are_each_users_items_before_the_last_in_time_order(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import serve_latency
+
+    inter = tmp_path / "d.inter"
+    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                     "a\tx3\t30\nb\ty1\t5\na\tx1\t10\na\tx2\t10\nc\tz1\t1\nb\ty2\t6\na\tx0\t2\n")
+    got = serve_latency.test_histories(str(inter), pool=10, seed=0)
+    # c has one interaction (no history before its test item); a's tie at 10 stays in file order
+    assert sorted(got) == [["x0", "x1", "x2"], ["y1"]]
+    assert len(serve_latency.test_histories(str(inter), pool=1, seed=0)) == 1
