@@ -18,6 +18,7 @@ artefact's vocabulary with ``--seed``.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import importlib.metadata
 import json
@@ -43,23 +44,29 @@ def load_artefact(folder: str):
         fail(str(exc))
 
 
-def test_histories(path: str, pool: int, seed: int) -> list[list[str]]:
+@functools.lru_cache(maxsize=None)  # read once for all the artefacts of a run
+def test_histories(path: str, pool: int, seed: int) -> tuple[tuple[str, ...], ...]:
     """``pool`` users' test histories from a RecBole atomic ``.inter`` file (user_id, item_id, timestamp
     columns): each user's items ordered by timestamp (ties in file order, as RecBole's stable sort), the
     last one (the test target of leave-one-out) left out; users with one interaction are skipped."""
+    by_user: dict[str, list[tuple[float, int, str]]] = {}
+    n = 1  # the line being read (1: the header)
     try:
         with open(path, encoding="utf-8") as f:
             header = [c.split(":")[0] for c in f.readline().rstrip("\n").split("\t")]
             cols = [header.index(c) for c in ("user_id", "item_id", "timestamp")]
-            rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
-    except (OSError, ValueError) as exc:
-        fail(f"--test-histories {path}: {exc} (a RecBole .inter file with user_id, item_id and timestamp)")
-    by_user: dict[str, list[tuple[float, int, str]]] = {}
-    for n, r in enumerate(rows):
-        by_user.setdefault(r[cols[0]], []).append((float(r[cols[2]]), n, r[cols[1]]))
+            for n, line in enumerate(f, start=2):
+                if line.strip():
+                    r = line.rstrip("\n").split("\t")
+                    by_user.setdefault(r[cols[0]], []).append((float(r[cols[2]]), n, r[cols[1]]))
+    except OSError as exc:
+        fail(f"--test-histories {path}: {exc}")
+    except (ValueError, IndexError) as exc:
+        fail(f"--test-histories {path}, line {n}: {exc}; give a RecBole .inter file with user_id, item_id and "
+             "timestamp columns")
     users = sorted(u for u, items in by_user.items() if len(items) > 1)
     chosen = random.Random(seed).sample(users, min(pool, len(users)))
-    return [[item for *_, item in sorted(by_user[u])[:-1]] for u in chosen]
+    return tuple(tuple(item for *_, item in sorted(by_user[u])[:-1]) for u in chosen)
 
 
 def requests_for(art, path: str | None, pool: int, length: int, seed: int, k: int,
@@ -67,7 +74,7 @@ def requests_for(art, path: str | None, pool: int, length: int, seed: int, k: in
     if inter:
         if art.kind != "sequential":
             fail(f"--test-histories is for sequential artefacts; {art.folder} is {art.kind}")
-        return [{"history": h, "k": k} for h in test_histories(inter, pool, seed)]
+        return [{"history": list(h), "k": k} for h in test_histories(inter, pool, seed)]
     if path:
         try:
             with open(path, encoding="utf-8") as f:
@@ -258,6 +265,9 @@ def main():
                "source_checkpoint_sha256": (art.card.get("source") or {}).get("checkpoint_sha256"),
                "test_ndcg@10": {p: t.get("ndcg@10") for p, t in (art.card.get("test_result_by_protocol") or {}).items()},
                "in_process": in_process(art, requests, max(200, args.requests // 4)), "http": []}
+        if args.test_histories:  # the lengths the model sees, after the artefact's max_length cut
+            lengths = sorted(min(len(r["history"]), art.max_length) for r in requests)
+            row["history_lengths"] = {"median": lengths[len(lengths) // 2], "max": lengths[-1]}
         for max_batch in args.max_batch:
             port = free_port()
             proc = start_service(folder, port, args.threads, max(args.clients), max_batch)
@@ -315,10 +325,9 @@ def main():
                   for b in best[1:]]
         lines.append(f"| {bound:g} | " + " | ".join(cells + ratios) + " |")
     if args.test_histories:
-        source = f"the test histories of users drawn from {args.test_histories}, seed {args.seed}"
-        lengths = sorted(min(len(r["history"]), art.max_length) for r in requests)
-        source += (f"; history length after the artefact's cut: median {lengths[len(lengths) // 2]}, "
-                   f"max {lengths[-1]}")
+        lengths = rows[0]["history_lengths"]
+        source = (f"the test histories of users drawn from {args.test_histories}, seed {args.seed}; history length "
+                  f"after the artefact's cut: median {lengths['median']}, max {lengths['max']}")
     elif args.histories:
         source = "from " + args.histories
     else:

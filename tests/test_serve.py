@@ -713,5 +713,10 @@ def test_serve_latency_test_histories_are_each_users_items_before_the_last_in_ti
                      "a\tx3\t30\nb\ty1\t5\na\tx1\t10\na\tx2\t10\nc\tz1\t1\nb\ty2\t6\na\tx0\t2\n")
     got = serve_latency.test_histories(str(inter), pool=10, seed=0)
     # c has one interaction (no history before its test item); a's tie at 10 stays in file order
-    assert sorted(got) == [["x0", "x1", "x2"], ["y1"]]
+    assert sorted(map(list, got)) == [["x0", "x1", "x2"], ["y1"]]
     assert len(serve_latency.test_histories(str(inter), pool=1, seed=0)) == 1
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id:token\titem_id:token\ttimestamp:float\na\tx1\tnot-a-time\n")
+    with pytest.raises(SystemExit) as exit_:
+        serve_latency.test_histories(str(bad), pool=1, seed=0)
+    assert exit_.value.code == 2
