@@ -264,6 +264,8 @@ def main():
                "source_checkpoint": (art.card.get("source") or {}).get("checkpoint"),
                "source_checkpoint_sha256": (art.card.get("source") or {}).get("checkpoint_sha256"),
                "test_ndcg@10": {p: t.get("ndcg@10") for p, t in (art.card.get("test_result_by_protocol") or {}).items()},
+               # the checkpoint's epoch (0-based, as RecBole stores it): how long its weights were trained
+               "checkpoint_epoch": art.card.get("epoch"),
                "in_process": in_process(art, requests, max(200, args.requests // 4)), "http": []}
         if args.test_histories:  # the lengths the model sees, after the artefact's max_length cut
             lengths = sorted(min(len(r["history"]), art.max_length) for r in requests)
@@ -299,11 +301,13 @@ def main():
                          f"{ip['p50_ms']:.2f} / {ip['p99_ms']:.2f} | {level['max_batch']} | {level['clients']} | "
                          f"{level.get('p50_ms', float('nan')):.2f} / {level.get('p99_ms', float('nan')):.2f} | "
                          f"{level['throughput_rps'] or 0:.0f} | {mean_batch} | {level['errors']} |")
-    lines += ["", "| model | trained weights (source checkpoint, sha256) | test NDCG@10 on its card |", "|---|---|---|"]
+    lines += ["", "| model | trained weights (source checkpoint, sha256) | epoch of the weights | test NDCG@10 on its card |",
+              "|---|---|---:|---|"]
     for row in rows:
         ndcg = ", ".join(f"{v:.4f} ({p})" for p, v in row["test_ndcg@10"].items() if v is not None) or "-"
+        epoch = row.get("checkpoint_epoch")
         lines.append(f"| {row['model']} | {os.path.basename(row['source_checkpoint'] or '-')} "
-                     f"({(row['source_checkpoint_sha256'] or '-')[:12]}) | {ndcg} |")
+                     f"({(row['source_checkpoint_sha256'] or '-')[:12]}) | {'-' if epoch is None else epoch + 1} | {ndcg} |")
     if len(rows) > 1:  # the first artefact against each other one, level by level
         first = rows[0]
         lines += ["", f"Ratios, {first['model']} over each other artefact: throughput (requests/s) at the same max "

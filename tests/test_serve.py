@@ -683,6 +683,9 @@ def test_serve_latency_benchmark_runs_on_tiny_artefacts(trained, tmp_path, monke
     card = json.loads((Path(trained["seq"]["art"]) / "card.json").read_text())
     assert row["source_checkpoint_sha256"] == card["source"]["checkpoint_sha256"]  # the report names its weights
     assert card["source"]["checkpoint_sha256"][:12] in (tmp_path / "results" / "serve_latency.md").read_text()
+    # and how long they were trained: the checkpoint's 0-based epoch, reported 1-based
+    assert row["checkpoint_epoch"] == card["epoch"] is not None
+    assert f"({card['source']['checkpoint_sha256'][:12]}) | {card['epoch'] + 1} |" in report
     monkeypatch.setattr(sys, "argv", ["serve_latency.py", trained["mf"]["art"], "--histories", str(tmp_path / "no")])
     with pytest.raises(SystemExit) as exit_:
         serve_latency.main()
