@@ -120,6 +120,7 @@ import threading
 import types
 
 import numpy as np
+import yaml
 
 from recbole_kd.report import user_warning
 
@@ -467,7 +468,14 @@ def literal_value(key, param):
     try:
         value = ast.literal_eval(param)
     except _NOT_A_LITERAL:
-        lowered = param.strip().lower()
+        text = param.strip()
+        if text[:1] in ("{", "["):  # YAML flow syntax, as the yaml files write it: {soft: 1.0}, [ndcg, recall]
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                return param
+            return value if isinstance(value, (dict, list)) else param
+        lowered = text.lower()
         return True if lowered == "true" else False if lowered == "false" else param
     if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):
         return param  # e.g. a set or bytes literal: RecBole kept those as the string too

@@ -227,6 +227,8 @@ def _kind(model) -> str | None:
 
 def check_kd_values(config, bad) -> None:
     spec = config["kd_losses"]
+    if isinstance(spec, str) and spec.strip()[:1] in ("{", "["):  # a mapping that neither Python nor YAML could read
+        bad("kd_losses", spec, "is not a readable mapping; write it as {soft: 1.0} or \"{'soft': 1.0}\"")
     if isinstance(spec, str):
         spec = {spec: 1.0}
     if not isinstance(spec, dict) or not spec:

@@ -310,6 +310,7 @@ BAD_INPUT = [
     (["--data_path={tmp}/no_such_folder"], 2, "dataset 'tiny' not found"),
     (["--epochs=-1"], 2, "invalid setting epochs=-1"),
     (["--model=KD-SASRec", "--kd_losses={{'sotf': 1.0}}"], 2, "unknown KD loss"),
+    (["--model=KD-SASRec", "--kd_losses={{soft: [}}"], 2, "is not a readable mapping; write it as {{soft: 1.0}}"),
     (["--frobnicate"], 2, "unrecognised argument '--frobnicate'"),
     (["--resume={csv}"], 2, "not a PyTorch checkpoint"),
     (["--resume={byte}"], 2, "{byte} is not a PyTorch checkpoint"),
