@@ -74,7 +74,9 @@ def requests_for(art, path: str | None, pool: int, length: int, seed: int, k: in
     if inter:
         if art.kind != "sequential":
             fail(f"--test-histories is for sequential artefacts; {art.folder} is {art.kind}")
-        return [{"history": list(h), "k": k} for h in test_histories(inter, pool, seed)]
+        # a client sends what the model reads: the last max_length items (these requests do not exclude seen
+        # items, so the cut changes no answer; a full ml-1m history can pass the service's max_history, 413)
+        return [{"history": list(h[-art.max_length:]), "k": k} for h in test_histories(inter, pool, seed)]
     if path:
         try:
             with open(path, encoding="utf-8") as f:
@@ -330,8 +332,8 @@ def main():
         lines.append(f"| {bound:g} | " + " | ".join(cells + ratios) + " |")
     if args.test_histories:
         lengths = rows[0]["history_lengths"]
-        source = (f"the test histories of users drawn from {args.test_histories}, seed {args.seed}; history length "
-                  f"after the artefact's cut: median {lengths['median']}, max {lengths['max']}")
+        source = (f"the test histories of users drawn from {args.test_histories}, seed {args.seed}, each sent as its "
+                  f"last max_length items; history length: median {lengths['median']}, max {lengths['max']}")
     elif args.histories:
         source = "from " + args.histories
     else:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -718,6 +719,11 @@ def test_serve_latency_test_histories_are_each_users_items_before_the_last_in_ti
     # c has one interaction (no history before its test item); a's tie at 10 stays in file order
     assert sorted(map(list, got)) == [["x0", "x1", "x2"], ["y1"]]
     assert len(serve_latency.test_histories(str(inter), pool=1, seed=0)) == 1
+    # requests carry the last max_length items: what the model reads (a longer history would pass the service's
+    # max_history, 413, on ml-1m)
+    art = types.SimpleNamespace(kind="sequential", max_length=2, folder="art")
+    reqs = serve_latency.requests_for(art, None, 10, 20, 0, 5, str(inter))
+    assert sorted(r["history"] for r in reqs) == [["x1", "x2"], ["y1"]] and {r["k"] for r in reqs} == {5}
     bad = tmp_path / "bad.inter"
     bad.write_text("user_id:token\titem_id:token\ttimestamp:float\na\tx1\tnot-a-time\n")
     with pytest.raises(SystemExit) as exit_:
