@@ -450,6 +450,15 @@ def is_path_key(key) -> bool:
 _NOT_A_LITERAL = (ValueError, SyntaxError, TypeError, MemoryError, RecursionError)  # what ast.literal_eval raises
 
 
+def _plain(value) -> bool:
+    """Only what a Python literal can spell: YAML also reads dates and timestamps, which no setting takes."""
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 def literal_value(key, param):
     """A ``--key=value`` string as the value it spells (a Python literal), never evaluated."""
     import ast
@@ -474,7 +483,7 @@ def literal_value(key, param):
                 value = yaml.safe_load(text)
             except yaml.YAMLError:
                 return param
-            return value if isinstance(value, (dict, list)) else param
+            return value if isinstance(value, (dict, list)) and _plain(value) else param
         lowered = text.lower()
         return True if lowered == "true" else False if lowered == "false" else param
     if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):

@@ -157,6 +157,7 @@ def test_yaml_flow_syntax_on_the_command_line_is_read_as_the_yaml_files_read_it(
     assert literal_value("metrics", "[Recall, NDCG]") == ["Recall", "NDCG"]
     assert literal_value("kd_losses", "{'rrd': 1.0, 'hint': 0.5}") == {"rrd": 1.0, "hint": 0.5}
     assert literal_value("kd_losses", "{soft: [}") == "{soft: [}"  # neither: the text as written
+    assert literal_value("metrics", "[2026-12-05]") == "[2026-12-05]"  # YAML's dates: no setting takes one
     assert literal_value("kd_losses", "{__import__('os')}") == {"__import__('os')": None}  # a name, never run
 
 
