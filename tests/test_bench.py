@@ -697,3 +697,32 @@ def test_a_cell_measured_on_other_data_is_run_again_and_never_reported(tmp_path,
     assert cell_record(str(out), cell) is not None  # the data it was measured on: reported again
     assert main([suite, "--out", str(out)]) == 0  # nothing to run
     assert rec == cell_record(str(out), cell)
+
+
+def test_a_cell_that_another_live_bench_process_runs_is_not_started_twice(tmp_path, monkeypatch):
+    """Two bench runs over one output folder picked the same cell (each's --only included it) and wrote its
+    checkpoints in turns; a cell's work folder now holds running.pid while a process runs it."""
+    from recbole_kd.bench import runner
+    from recbole_kd.bench.suite import expand, load_suite
+
+    (cell,) = expand(load_suite(_suite(tmp_path, [{"model": "Pop", "group": "baseline"}])))
+    out = tmp_path / "out"
+    work = out / "work" / cell.id
+    work.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started = []
+    monkeypatch.setattr(runner, "_run_process", lambda *a, **k: started.append(a) or (0, ""))
+    try:
+        (work / runner.LOCK).write_text(str(other.pid))
+        rec = runner.run_cell(cell, str(out), {})
+        assert rec["status"] == "busy" and f"pid {other.pid}" in rec["error"] and not started
+        assert (work / runner.LOCK).read_text() == str(other.pid)  # the holder's lock is left alone
+    finally:
+        other.kill()
+        other.wait()
+    # its process gone, the lock is stale: taken over, the cell runs, and the lock is removed after it
+    rec = runner.run_cell(cell, str(out), {})
+    assert len(started) == 1 and rec["status"] == "failed"  # the fake process wrote no result file
+    assert not (work / runner.LOCK).exists()
+    # held by this very process (a lock left by an earlier call of ours): never a reason to skip
+    assert runner.claim_cell(str(work)) is None and runner.claim_cell(str(work)) is None

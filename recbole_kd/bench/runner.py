@@ -221,10 +221,65 @@ def _run_process(args: list[str], cwd: str, log, env: dict | None = None) -> tup
     return proc.returncode, stderr
 
 
+LOCK = "running.pid"  # in a cell's work folder while a bench process runs the cell
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def claim_cell(work: str) -> int | None:
+    """Take the cell's work folder for this process (``running.pid``, created exclusively): None when taken,
+    else the pid of the live process that runs the cell already (two bench runs over one output folder
+    would write one cell's checkpoints in turns). A lock whose process is gone is taken over."""
+    path = os.path.join(work, LOCK)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                return pid
+            try:
+                os.unlink(path)  # stale: its process ended without removing it
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    return 0  # another process took it between our two tries
+
+
 def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, threads: int | None = None) -> dict:
-    """Run one cell in its own process (``threads``: its OMP_NUM_THREADS, see ``cell_threads``)."""
+    """Run one cell in its own process (``threads``: its OMP_NUM_THREADS, see ``cell_threads``); a cell that
+    another live bench process runs already is not started (status ``busy``)."""
     work = os.path.join(out, "work", cell.id)
     os.makedirs(work, exist_ok=True)
+    holder = claim_cell(work)
+    if holder is not None:
+        return {"status": "busy", "error": f"another bench process (pid {holder or 'unknown'}) runs this cell "
+                f"({os.path.join(work, LOCK)}); it stores the cell when it ends"}
+    try:
+        return _run_claimed(cell, out, records, work, data_path, threads)
+    finally:
+        try:
+            os.unlink(os.path.join(work, LOCK))
+        except FileNotFoundError:
+            pass
+
+
+def _run_claimed(cell: Cell, out: str, records: dict, work: str, data_path: str | None, threads: int | None) -> dict:
     result_path = os.path.join(work, "result.json")
     if os.path.exists(result_path):
         os.unlink(result_path)
@@ -361,6 +416,8 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                         records[(c.dataset, c.label, c.seed)] = rec
                         if jobs > 1:
                             print(f"[bench] finished {c.id} in {_fmt_minutes(rec['wall_seconds'] / 60)}", flush=True)
+                    elif rec["status"] == "busy":  # nothing of this process to store
+                        print(f"[bench] cell {c.id} skipped: {rec['error']}", file=sys.stderr, flush=True)
                     else:
                         write_json_atomic(os.path.join(out, "cells", c.id + ".failed.json"), rec)
                         print(f"[bench] cell {c.id} failed: {rec.get('error')}", file=sys.stderr, flush=True)
