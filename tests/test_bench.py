@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -712,11 +713,17 @@ def test_a_cell_that_another_live_bench_process_runs_is_not_started_twice(tmp_pa
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     started = []
     monkeypatch.setattr(runner, "_run_process", lambda *a, **k: started.append(a) or (0, ""))
+    here = socket.gethostname()
     try:
-        (work / runner.LOCK).write_text(str(other.pid))
+        (work / runner.LOCK).write_text(f"{here} {other.pid}\n")
         rec = runner.run_cell(cell, str(out), {})
         assert rec["status"] == "busy" and f"pid {other.pid}" in rec["error"] and not started
-        assert (work / runner.LOCK).read_text() == str(other.pid)  # the holder's lock is left alone
+        assert (work / runner.LOCK).read_text() == f"{here} {other.pid}\n"  # the holder's lock is left alone
+        # the same pid written on another machine (a work folder copied here) holds nothing on this one
+        (work / runner.LOCK).write_text(f"{here}-elsewhere {other.pid}\n")
+        assert runner.claim_cell(str(work)) is None
+        assert (work / runner.LOCK).read_text() == f"{here} {os.getpid()}\n"
+        (work / runner.LOCK).write_text(f"{here} {other.pid}\n")
     finally:
         other.kill()
         other.wait()

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -235,9 +236,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def claim_cell(work: str) -> int | None:
-    """Take the cell's work folder for this process (``running.pid``, created exclusively): None when taken,
-    else the pid of the live process that runs the cell already (two bench runs over one output folder
-    would write one cell's checkpoints in turns). A lock whose process is gone is taken over."""
+    """Take the cell's work folder for this process (``running.pid``: host and pid, created exclusively):
+    None when taken, else the pid of the live process on this host that runs the cell already (two bench
+    runs over one output folder would write one cell's checkpoints in turns). A lock whose process is gone,
+    or that was written on another host (a work folder copied to another machine), is taken over."""
     path = os.path.join(work, LOCK)
     for _ in range(2):
         try:
@@ -245,10 +247,11 @@ def claim_cell(work: str) -> int | None:
         except FileExistsError:
             try:
                 with open(path) as f:
-                    pid = int(f.read().strip() or 0)
+                    host, pid = f.read().split()
+                pid = int(pid)
             except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _pid_alive(pid):
+                host, pid = "", 0
+            if host == socket.gethostname() and pid and pid != os.getpid() and _pid_alive(pid):
                 return pid
             try:
                 os.unlink(path)  # stale: its process ended without removing it
@@ -256,7 +259,7 @@ def claim_cell(work: str) -> int | None:
                 pass
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
         return None
     return 0  # another process took it between our two tries
 
