@@ -269,8 +269,8 @@ def main():
                # the checkpoint's epoch (0-based, as RecBole stores it): how long its weights were trained
                "checkpoint_epoch": art.card.get("epoch"),
                "in_process": in_process(art, requests, max(200, args.requests // 4)), "http": []}
-        if args.test_histories:  # the lengths the model sees, after the artefact's max_length cut
-            lengths = sorted(min(len(r["history"]), art.max_length) for r in requests)
+        if args.test_histories:  # the lengths the model sees (requests_for cut them to max_length)
+            lengths = sorted(len(r["history"]) for r in requests)
             row["history_lengths"] = {"median": lengths[len(lengths) // 2], "max": lengths[-1]}
         for max_batch in args.max_batch:
             port = free_port()
