@@ -7,6 +7,7 @@ their checkpoints, and ``run_suite`` ties it together: load, check, dry run or r
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -231,7 +232,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
-        return True
+        pass
     return True
 
 
@@ -253,10 +254,8 @@ def claim_cell(work: str) -> int | None:
                 host, pid = "", 0
             if host == socket.gethostname() and pid and pid != os.getpid() and _pid_alive(pid):
                 return pid
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # stale: its process ended without removing it
-            except FileNotFoundError:
-                pass
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
@@ -276,10 +275,8 @@ def run_cell(cell: Cell, out: str, records: dict, data_path: str | None = None, 
     try:
         return _run_claimed(cell, out, records, work, data_path, threads)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(work, LOCK))
-        except FileNotFoundError:
-            pass
 
 
 def _run_claimed(cell: Cell, out: str, records: dict, work: str, data_path: str | None, threads: int | None) -> dict:
