@@ -228,3 +228,118 @@ def test_the_ensemble_cells_process_evaluates_the_members_as_one_model(tiny_data
     assert res["checkpoints"] == [records[("tiny", "T member", s)]["result"]["checkpoint"] for s in (1, 2)]
     assert res["num_params"] == 2 * records[("tiny", "T member", 1)]["result"]["num_params"]
     assert set(res["test_result_by_protocol"]) == {"filter_seen", "recbole"} and res["latency_seconds"] > 0
+
+
+# ---- an ensemble of other rows' runs (``ensemble: [ROW, ...]``) -------------------------------------------------
+MIXED = [ENSEMBLE, {"model": "SASRec-S", "label": "S", "group": "student"},
+         {"label": "T + S", "group": "teacher", "ensemble": ["T", "S"]},
+         {"model": "KD-SASRec", "label": "KD (mixed)", "settings": {"kd_losses": {"soft_full": 1.0}},
+          "teacher_from": "T + S"}]
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"label": "M", "ensemble": ["T", "S"]}, "group teacher"),
+    ({"label": "M", "group": "teacher", "ensemble": ["T"]}, "2 or more distinct rows"),
+    ({"label": "M", "group": "teacher", "ensemble": ["T", "T"]}, "2 or more distinct rows"),
+    ({"label": "M", "group": "teacher", "ensemble": ["T", "S"], "seeds": [1, 2]}, "without seeds"),
+    ({"label": "M", "group": "teacher", "ensemble": ["T", "nope"]}, "'nope', which is no row above it"),
+    ({"label": "M", "group": "teacher", "ensemble": ["T", "T + S"]}, "'T + S', which is no row above it"),
+])
+def test_an_ensemble_of_rows_names_two_rows_above_it(tmp_path, row, words):
+    path = _suite(tmp_path, MIXED[:3] + [row])
+    with pytest.raises(SuiteError) as err:
+        expand(load_suite(path))
+    assert path in str(err.value) and words in str(err.value)
+
+
+def test_an_ensemble_of_rows_needs_its_rows_on_each_of_its_datasets(tmp_path):
+    path = tmp_path / "suite.yaml"
+    models = [ENSEMBLE, {"model": "SASRec-S", "label": "S", "group": "student", "datasets": ["tiny"]},
+              {"label": "T + S", "group": "teacher", "ensemble": ["T", "S"]}]
+    path.write_text(yaml.safe_dump({"name": "ens", "datasets": {"tiny": {}, "other": {}}, "models": models}))
+    with pytest.raises(SuiteError, match="T \\+ S runs on other, but its member row 'S' does not"):
+        expand(load_suite(str(path)))
+    models[2]["datasets"] = ["tiny"]
+    path.write_text(yaml.safe_dump({"name": "ens", "datasets": {"tiny": {}, "other": {}}, "models": models}))
+    assert [c.dataset for c in expand(load_suite(str(path))) if c.label == "T + S"] == ["tiny"]
+
+
+def test_an_ensemble_of_rows_is_one_cell_of_the_rows_runs(tmp_path):
+    cells = expand(load_suite(_suite(tmp_path, MIXED)))
+    mixed = next(c for c in cells if c.label == "T + S")
+    assert mixed.id == "tiny__T_S_ensemble__seed2020" and mixed.model == "SASRec-L + SASRec-S"
+    members = [("T member", 2020), ("T member", 2021), ("S", 2020), ("S", 2021)]
+    assert list(mixed.ensemble) == members and mixed.members == members
+    assert mixed.spec()["ensemble"] == members and json.loads(json.dumps(mixed.spec()))["ensemble"] == [list(m) for m in members]
+    order = [c.label for c in cells]  # the rows it is made of count as teacher rows: they run first
+    assert order.index("S") < order.index("T + S") < order.index("KD (mixed)")
+    # the other cells keep their ids and specs
+    plain = expand(load_suite(_suite(tmp_path, MODELS)))
+    assert {(c.id, c.config_hash) for c in plain if c.label in ("T", "T member")} <= {(c.id, c.config_hash) for c in cells}
+
+
+def test_a_cell_distilled_from_an_ensemble_of_rows_gets_every_runs_checkpoint(tmp_path):
+    from recbole_kd.bench.runner import cell_command
+
+    cells = expand(load_suite(_suite(tmp_path, MIXED)))
+    out = str(tmp_path / "out")
+    by = {(c.label, c.seed): c for c in cells}
+    members = [by[k] for k in (("T member", 2020), ("T member", 2021), ("S", 2020), ("S", 2021))]
+    records = {(m.dataset, m.label, m.seed): _record(m, 0.03) for m in members}
+    mixed = by[("T + S", 2020)]
+    job = json.loads(cell_command(mixed, out, records)[3])
+    expected = [os.path.join(out, f"work/{m.id}/saved/m.pth") for m in members]
+    assert job["checkpoints"] == expected
+    records[(mixed.dataset, mixed.label, mixed.seed)] = _record(mixed, 0.04, checkpoints=["x"])
+    args = cell_command(by[("KD (mixed)", 2021)], out, records)
+    # the CLI's --teacher is the first member's model (each checkpoint names its own)
+    assert f"--teacher_checkpoint={expected!r}" in args and "--teacher=SASRec-L" in args
+    del records[("tiny", "S", 2021)]
+    with pytest.raises(RuntimeError, match="member\\(s\\) S seed 2021 have no finished cell"):
+        cell_command(by[("KD (mixed)", 2021)], out, records)
+
+
+def test_an_ensemble_of_rows_waits_for_every_run_and_reruns_with_them(tmp_path, monkeypatch):
+    from recbole_kd.bench import runner
+
+    suite = _suite(tmp_path, MIXED)
+    cells = expand(load_suite(suite))
+    events, lock = [], threading.Lock()
+
+    def fake_run_cell(cell, out, records, data_path=None, threads=None):
+        with lock:
+            events.append(("start", cell.id))
+        time.sleep(0.3 if cell.label == "S" and cell.seed == 2021 else 0.05)
+        with lock:
+            events.append(("end", cell.id))
+        return _record(cell, 0.03)
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    monkeypatch.setattr(runner, "render", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "check_cells", lambda *a, **k: None)
+    out = tmp_path / "out"
+    assert runner.run_suite(suite, str(out), jobs=3) == 0
+    start = events.index(("start", "tiny__T_S_ensemble__seed2020"))
+    for cid in ("tiny__S__seed2021", "tiny__T__seed2021"):
+        assert start > events.index(("end", cid))
+    assert all(events.index(e) > events.index(("end", "tiny__T_S_ensemble__seed2020"))
+               for e in events if e[0] == "start" and "__KD_mixed" in e[1])
+    # a fresh checkout: the runs' checkpoints are missing, so they and the ensemble run again first
+    records = {(c.dataset, c.label, c.seed): _record(c, 0.03) for c in cells}
+    todo = [c for c in cells if c.label == "KD (mixed)"]
+    need = set(runner.teacher_reruns(cells, records, str(out), todo))
+    assert need == {c.id for c in cells if c.label in ("T member", "S", "T + S")}
+
+
+def test_the_report_names_the_models_of_an_ensemble_of_rows(tmp_path):
+    from recbole_kd.bench.report import render, summarize
+
+    suite = load_suite(_suite(tmp_path, MIXED))
+    cells = expand(suite)
+    ndcg = {"T": 0.050, "T member": 0.043, "S": 0.030, "T + S": 0.060, "KD (mixed)": 0.045}
+    records = {(c.dataset, c.label, c.seed): _record(c, ndcg[c.label]) for c in cells}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    assert rows["KD (mixed)"]["vs_teacher"] == pytest.approx(0.75) and rows["KD (mixed)"]["vs_teacher_label"] == "T + S"
+    render(suite, cells, records, str(tmp_path))
+    report = (tmp_path / "README.md").read_text()
+    assert "| teacher | T + S | SASRec-L + SASRec-S ensemble x4 | 1/1 | 0.0600 |" in report

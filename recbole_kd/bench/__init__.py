@@ -34,6 +34,9 @@ Suite file::
                                         # evaluated once as one model; its members are the row "SASRec-L x3 member"
       - model: SASRec-S
         group: student
+      - label: SASRec-L x3 + SASRec-S
+        group: teacher
+        ensemble: [SASRec-L x3, SASRec-S]  # the runs of rows above it (models may differ), as one model
       - model: KD-SASRec
         label: KD-SASRec (rrd)          # default: the model name; unique per suite
         group: distilled

@@ -22,7 +22,6 @@ import time
 from recbole_kd.bench.records import _read_json, cell_record, failed_record, legacy_record, stored_record
 from recbole_kd.bench.report import render
 from recbole_kd.bench.suite import (
-    MEMBER,
     Cell,
     SuiteError,
     _datasets_needed,
@@ -30,6 +29,7 @@ from recbole_kd.bench.suite import (
     check_cells,
     expand,
     load_suite,
+    member_keys,
     output_dir,
     selected,
 )
@@ -50,7 +50,9 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
             teacher = _teacher_record(cell, records)
             settings["teacher"] = teacher["model"]
             if teacher.get("ensemble"):  # distilled from every member (the CLI takes a list of checkpoints)
-                settings["teacher_checkpoint"] = [cell_checkpoint(m, out) for m in _member_records(teacher, records)]
+                members = _member_records(teacher, records)
+                settings["teacher"] = members[0]["model"]  # an ensemble of rows has several models: the first's
+                settings["teacher_checkpoint"] = [cell_checkpoint(m, out) for m in members]
             else:
                 settings["teacher_checkpoint"] = cell_checkpoint(teacher, out)
         else:
@@ -87,13 +89,13 @@ def _teacher_record(cell: Cell, records: dict) -> dict:
 
 
 def _member_records(ensemble: dict, records: dict) -> list[dict]:
-    """The records of an ensemble cell's members (``ensemble``: its record or its spec), in seed order."""
-    key = (ensemble["dataset"], ensemble["label"] + MEMBER)
-    missing = [s for s in ensemble["ensemble"] if (*key, s) not in records]
+    """The records of an ensemble cell's members (``ensemble``: its record or its spec), in its order."""
+    keys = [(ensemble["dataset"], *m) for m in member_keys(ensemble)]
+    missing = [f"{label} seed {seed}" for _, label, seed in keys if (_, label, seed) not in records]
     if missing:
-        raise RuntimeError(f"ensemble {ensemble['label']!r} on {ensemble['dataset']}: member seed(s) "
-                           f"{', '.join(map(str, missing))} have no finished cell")
-    return [records[(*key, s)] for s in ensemble["ensemble"]]
+        raise RuntimeError(f"ensemble {ensemble['label']!r} on {ensemble['dataset']}: member(s) "
+                           f"{', '.join(missing)} have no finished cell")
+    return [records[k] for k in keys]
 
 
 def _ensemble_command(cell: Cell, out: str, records: dict, data_path: str | None) -> list[str]:
@@ -167,8 +169,9 @@ def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell])
     need = {}
 
     def members(ens: Cell) -> list[Cell]:  # those to run (again) for their checkpoints
-        found = [t for t in cells if t.dataset == ens.dataset and t.row == ens.row and not t.ensemble and t.skip is None
-                 and not _checkpoint_here(records.get((t.dataset, t.label, t.seed)), out)]
+        keys = set(ens.members)
+        found = [t for t in cells if t.dataset == ens.dataset and (t.label, t.seed) in keys and not t.ensemble
+                 and t.skip is None and not _checkpoint_here(records.get((t.dataset, t.label, t.seed)), out)]
         for t in found:
             need.setdefault(t.id, t)
         return found
@@ -341,7 +344,8 @@ def _needs(cell: Cell, todo: list[Cell]) -> set[str]:
     """Ids of the cells in ``todo`` that ``cell`` must wait for: the teacher row it distils from (an ensemble:
     its members and the ensemble cell), or, for an ensemble cell, its members."""
     if cell.ensemble:
-        return {t.id for t in todo if t.dataset == cell.dataset and t.row == cell.row and not t.ensemble}
+        keys = set(cell.members)
+        return {t.id for t in todo if t.dataset == cell.dataset and (t.label, t.seed) in keys and not t.ensemble}
     if not (cell.model.startswith("KD-") and cell.teacher_from):
         return set()
     return {t.id for t in todo if t.dataset == cell.dataset and t.row == cell.teacher_from}

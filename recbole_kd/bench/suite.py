@@ -39,7 +39,8 @@ class Cell:
     order: int = 0
     extra: dict = field(default_factory=dict)
     # an ``ensemble: true`` row: its ensemble cell (label: the row's, ``ensemble``: the members' seeds) and its
-    # members (label ``<row> member``, ``row``: the row's label), ordinary cells otherwise
+    # members (label ``<row> member``, ``row``: the row's label), ordinary cells otherwise; an ``ensemble: [ROW,
+    # ...]`` row: one ensemble cell, ``ensemble``: its members' (label, seed), the cells of those rows
     ensemble: tuple = ()
     row_label: str | None = None
 
@@ -59,6 +60,11 @@ class Cell:
         if self.ensemble:  # only then: the ids and hashes of every other cell stay those of before ensembles
             spec["ensemble"] = list(self.ensemble)
         return spec
+
+    @property
+    def members(self) -> list[tuple[str, int]]:
+        """An ensemble cell's members: (label, seed) of their cells (``member_keys``)."""
+        return member_keys(self.spec())
 
     @property
     def config_hash(self) -> str:
@@ -90,6 +96,14 @@ _MODEL_KEYS = {"model", "label", "group", "seeds", "settings", "teacher_from", "
 MEMBER = " member"  # an ensemble row's members are reported as the row "<label> member"
 
 
+def member_keys(ens: dict) -> list[tuple[str, int]]:
+    """(label, seed) of the cells an ensemble is made of; ``ens`` is its cell's spec or record, whose
+    ``ensemble`` lists the seeds of the row's own members (``ensemble: true``: the row "<label> member"), or
+    [label, seed] pairs (``ensemble: [ROW, ...]``: the runs of other rows)."""
+    return [(str(m[0]), int(m[1])) if isinstance(m, (list, tuple)) else (ens["label"] + MEMBER, int(m))
+            for m in ens["ensemble"]]
+
+
 def expand(suite: dict) -> list[Cell]:
     """All cells, teachers first (distilled cells need their checkpoints), then file order."""
     where = suite["_path"]
@@ -99,11 +113,14 @@ def expand(suite: dict) -> list[Cell]:
     if isinstance(datasets, list):
         datasets = {d: {} for d in datasets}
     labels = set()
+    rows = {}  # label -> (model, entry, its seeds) of the rows so far (an ``ensemble: [ROW, ...]`` row names them)
     cells = []
     for i, entry in enumerate(suite["models"]):
         if isinstance(entry, str):
             entry = {"model": entry}
         unknown = set(entry) - _MODEL_KEYS
+        if isinstance(entry.get("ensemble"), list) and "model" not in entry:
+            entry = {**entry, "model": _mixed_model(entry, rows, where, i)}
         if unknown or "model" not in entry:
             raise SuiteError(f"{where}: models[{i}] needs 'model' and takes only {sorted(_MODEL_KEYS)}; got {sorted(entry)}")
         label = str(entry.get("label") or entry["model"])
@@ -117,6 +134,20 @@ def expand(suite: dict) -> list[Cell]:
         skip = entry.get("skip")
         ensemble = entry.get("ensemble", False)
         row_seeds = [int(s) for s in entry.get("seeds") or seeds]
+        if isinstance(ensemble, list):  # the runs of other rows, evaluated once as one model
+            _check_mixed(entry, label, group, where, i)
+            for ds, ds_settings in datasets.items():
+                if entry.get("datasets") and ds not in entry["datasets"]:
+                    continue
+                members, why = _mixed_members(entry, label, rows, ds, where)
+                minutes = entry.get("minutes")
+                minutes = minutes.get(ds) if isinstance(minutes, dict) else minutes
+                reason = skip.get(ds) if isinstance(skip, dict) else skip
+                settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
+                cells.append(Cell(ds, label, entry["model"], group, members[0][1], settings, None, entry.get("student_ref"),
+                                  reason or why, minutes, i, ensemble=tuple(members)))
+            continue
+        rows[label] = (entry["model"], entry, row_seeds)
         if ensemble not in (True, False) or (ensemble and (group != "teacher" or len(set(row_seeds)) < 2)):
             raise SuiteError(f"{where}: models[{i}] ({label}) has ensemble: {ensemble!r}; 'ensemble: true' is for a "
                              "row of group teacher with 2 or more seeds (its members)")
@@ -142,9 +173,47 @@ def expand(suite: dict) -> list[Cell]:
         if c.teacher_from and c.teacher_from not in labels:
             raise SuiteError(f"{where}: {c.label} has teacher_from {c.teacher_from!r}, which is no model's label")
     teachers = {c.teacher_from for c in cells if c.teacher_from}
+    mixed = {(c.dataset, *m) for c in cells if c.ensemble and isinstance(c.ensemble[0], tuple) for m in c.members}
+    teachers |= {c.row for c in cells if (c.dataset, c.label, c.seed) in mixed}  # the runs of an ensemble of rows
     # an ensemble cell is listed before its members (its row leads the report); it runs after them
     return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.row in teachers else 1, c.order,
                                         0 if c.ensemble else 1, c.seed))
+
+
+def _mixed_model(entry: dict, rows: dict, where: str, i: int) -> str:
+    """The model column of an ``ensemble: [ROW, ...]`` row without ``model``: its rows' models, joined."""
+    models = [rows[r][0] for r in entry["ensemble"] if isinstance(r, str) and r in rows]
+    return " + ".join(dict.fromkeys(models)) or f"ensemble{i}"
+
+
+def _check_mixed(entry: dict, label: str, group: str, where: str, i: int) -> None:
+    refs = entry["ensemble"]
+    if group != "teacher" or len(refs) < 2 or not all(isinstance(r, str) for r in refs) or len(set(refs)) < len(refs) \
+            or "seeds" in entry or "teacher_from" in entry:
+        raise SuiteError(f"{where}: models[{i}] ({label}) has ensemble: {refs!r}; 'ensemble: [ROW, ROW, ...]' is for "
+                         "a row of group teacher, without seeds or teacher_from, naming 2 or more distinct rows above it "
+                         "(their runs are its members)")
+
+
+def _mixed_members(entry: dict, label: str, rows: dict, ds: str, where: str) -> tuple[list, str | None]:
+    """(label, seed) of an ``ensemble: [ROW, ...]`` row's members on ``ds`` (an ``ensemble: true`` row
+    gives its members, any other row its seeds), and why the cell is skipped (a member row is) or None."""
+    members, why = [], None
+    for ref in entry["ensemble"]:
+        if ref not in rows:
+            raise SuiteError(f"{where}: {label} has ensemble member row {ref!r}, which is no row above it; name rows "
+                             "listed before it (not another ensemble of rows)")
+        _, ref_entry, ref_seeds = rows[ref]
+        if ref_entry.get("datasets") and ds not in ref_entry["datasets"]:
+            raise SuiteError(f"{where}: {label} runs on {ds}, but its member row {ref!r} does not; give {label} "
+                             f"'datasets:' with the datasets of all its member rows")
+        skip = ref_entry.get("skip")
+        skip = skip.get(ds) if isinstance(skip, dict) else skip
+        if skip and why is None:
+            why = f"member row {ref} is not run: {skip}"
+        member = ref + MEMBER if ref_entry.get("ensemble") is True else ref
+        members += [(member, s) for s in ref_seeds]
+    return members, why
 
 
 def check_cells(cells: list[Cell], where: str) -> None:
@@ -156,7 +225,8 @@ def check_cells(cells: list[Cell], where: str) -> None:
     try:
         for c in cells:
             key = (c.label, c.model, c.dataset, json.dumps(c.settings, sort_keys=True, default=str))
-            if c.skip is not None or key in seen:
+            if c.skip is not None or key in seen or (c.ensemble and isinstance(c.ensemble[0], tuple)):
+                # an ensemble of other rows runs no model of its own: its members' cells are checked
                 continue
             seen.add(key)
             try:
