@@ -299,7 +299,7 @@ def test_a_cell_distilled_from_an_ensemble_of_rows_gets_every_runs_checkpoint(tm
         cell_command(by[("KD (mixed)", 2021)], out, records)
 
 
-def test_an_ensemble_of_rows_waits_for_every_run_and_reruns_with_them(tmp_path, monkeypatch):
+def test_an_ensemble_of_rows_waits_for_every_run_and_reruns_with_them(tmp_path, monkeypatch, capsys):
     from recbole_kd.bench import runner
 
     suite = _suite(tmp_path, MIXED)
@@ -319,6 +319,7 @@ def test_an_ensemble_of_rows_waits_for_every_run_and_reruns_with_them(tmp_path, 
     monkeypatch.setattr(runner, "check_cells", lambda *a, **k: None)
     out = tmp_path / "out"
     assert runner.run_suite(suite, str(out), jobs=3) == 0
+    assert "evaluated again" not in capsys.readouterr().out  # its first evaluation
     start = events.index(("start", "tiny__T_S_ensemble__seed2020"))
     for cid in ("tiny__S__seed2021", "tiny__T__seed2021"):
         assert start > events.index(("end", cid))

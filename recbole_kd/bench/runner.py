@@ -395,7 +395,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                         eta = None
                     progress = (f"{n}/{len(todo)} selected cells run" if only else
                                 f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
-                    if c.id in reruns and c.ensemble:
+                    if c.id in reruns and c.ensemble and (c.dataset, c.label, c.seed) in records:
                         print(f"[bench] ensemble cell {c.id} is evaluated again from its members' checkpoints",
                               flush=True)
                     elif c.id in reruns and (c.dataset, c.label, c.seed) in records:
