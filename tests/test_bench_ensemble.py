@@ -41,6 +41,29 @@ def _record(cell, ndcg, **result):
             "git_commit": "c", "machine": {"cpu": "x", "cores": 2, "device": "cpu", "torch": "t"}, "result": res}
 
 
+def _run_with_fake_cells(monkeypatch, suite, out, slow, check=lambda cell, records: None):
+    """``run_suite`` (3 jobs) with cells that only log their start and end (``check``: called at the start with
+    the records there then); the cell ``slow`` (label, seed) takes longest. Returns the log."""
+    from recbole_kd.bench import runner
+
+    events, lock = [], threading.Lock()
+
+    def fake_run_cell(cell, out, records, data_path=None, threads=None):
+        with lock:
+            events.append(("start", cell.id))
+            check(cell, records)
+        time.sleep(0.3 if (cell.label, cell.seed) == slow else 0.05)
+        with lock:
+            events.append(("end", cell.id))
+        return _record(cell, 0.03)
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    monkeypatch.setattr(runner, "render", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "check_cells", lambda *a, **k: None)
+    assert runner.run_suite(suite, out, jobs=3) == 0
+    return events
+
+
 @pytest.mark.parametrize("row, words", [
     ({**ENSEMBLE, "group": "student"}, "group teacher"),
     ({**ENSEMBLE, "seeds": [2020]}, "2 or more seeds"),
@@ -143,28 +166,17 @@ def test_members_run_again_for_their_checkpoints_and_the_ensemble_with_them(tmp_
 
 
 def test_the_ensemble_waits_for_its_members_and_distilled_cells_for_the_ensemble(tmp_path, monkeypatch):
-    from recbole_kd.bench import runner
 
     suite = _suite(tmp_path)
     cells = expand(load_suite(suite))
-    events, lock = [], threading.Lock()
 
-    def fake_run_cell(cell, out, records, data_path=None, threads=None):
-        with lock:
-            events.append(("start", cell.id))
-            if cell.ensemble:  # every member's record is there when the ensemble starts
-                assert {(cell.label + " member", s) for s in cell.ensemble} <= {(k[1], k[2]) for k in records}
-            if cell.teacher_from:
-                assert ("tiny", "T", 2020) in records
-        time.sleep(0.3 if cell.label == "T member" and cell.seed == 2021 else 0.05)
-        with lock:
-            events.append(("end", cell.id))
-        return _record(cell, 0.03)
+    def check(cell, records):
+        if cell.ensemble:  # every member's record is there when the ensemble starts
+            assert {(cell.label + " member", s) for s in cell.ensemble} <= {(k[1], k[2]) for k in records}
+        if cell.teacher_from:
+            assert ("tiny", "T", 2020) in records
 
-    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
-    monkeypatch.setattr(runner, "render", lambda *a, **k: None)
-    monkeypatch.setattr(runner, "check_cells", lambda *a, **k: None)
-    assert runner.run_suite(suite, str(tmp_path / "out"), jobs=3) == 0
+    events = _run_with_fake_cells(monkeypatch, suite, str(tmp_path / "out"), ("T member", 2021), check)
     ens_start = events.index(("start", "tiny__T_ensemble__seed2020"))
     ens_end = events.index(("end", "tiny__T_ensemble__seed2020"))
     assert ens_start > events.index(("end", "tiny__T__seed2020")) and ens_start > events.index(("end", "tiny__T__seed2021"))
@@ -304,21 +316,8 @@ def test_an_ensemble_of_rows_waits_for_every_run_and_reruns_with_them(tmp_path, 
 
     suite = _suite(tmp_path, MIXED)
     cells = expand(load_suite(suite))
-    events, lock = [], threading.Lock()
-
-    def fake_run_cell(cell, out, records, data_path=None, threads=None):
-        with lock:
-            events.append(("start", cell.id))
-        time.sleep(0.3 if cell.label == "S" and cell.seed == 2021 else 0.05)
-        with lock:
-            events.append(("end", cell.id))
-        return _record(cell, 0.03)
-
-    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
-    monkeypatch.setattr(runner, "render", lambda *a, **k: None)
-    monkeypatch.setattr(runner, "check_cells", lambda *a, **k: None)
     out = tmp_path / "out"
-    assert runner.run_suite(suite, str(out), jobs=3) == 0
+    events = _run_with_fake_cells(monkeypatch, suite, str(out), ("S", 2021))
     assert "evaluated again" not in capsys.readouterr().out  # its first evaluation
     start = events.index(("start", "tiny__T_S_ensemble__seed2020"))
     for cid in ("tiny__S__seed2021", "tiny__T__seed2021"):
