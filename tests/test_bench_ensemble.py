@@ -340,6 +340,7 @@ def test_the_report_names_the_models_of_an_ensemble_of_rows(tmp_path):
     records = {(c.dataset, c.label, c.seed): _record(c, ndcg[c.label]) for c in cells}
     rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
     assert rows["KD (mixed)"]["vs_teacher"] == pytest.approx(0.75) and rows["KD (mixed)"]["vs_teacher_label"] == "T + S"
+    assert rows["KD (mixed)"]["vs_teacher_other"] == pytest.approx(0.75)  # RecBole's: both sequential, comparable
     render(suite, cells, records, str(tmp_path))
     report = (tmp_path / "README.md").read_text()
     assert "| teacher | T + S | SASRec-L + SASRec-S ensemble x4 | 1/1 | 0.0600 |" in report

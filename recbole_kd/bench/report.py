@@ -165,6 +165,9 @@ def _in_noise(ref, protocol) -> bool:
 def _sequential(model: str) -> bool | None:
     from recbole.utils import ModelType
 
+    if " + " in model:  # an ensemble of rows' runs: scored through a sequential loader if any member is one
+        kinds = [_sequential(m) for m in model.split(" + ")]
+        return None if None in kinds else any(kinds)
     try:
         return get_entry(model).cls.type == ModelType.SEQUENTIAL
     except Exception:  # an unknown model: its row failed to run anyway
