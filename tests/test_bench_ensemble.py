@@ -282,6 +282,8 @@ def test_an_ensemble_of_rows_is_one_cell_of_the_rows_runs(tmp_path):
     assert mixed.id == "tiny__T_S_ensemble__seed2020" and mixed.model == "SASRec-L + SASRec-S"
     members = [("T member", 2020), ("T member", 2021), ("S", 2020), ("S", 2021)]
     assert list(mixed.ensemble) == members and mixed.members == members
+    own = next(c for c in cells if c.label == "T" and c.ensemble)  # an ensemble: true row's cell
+    assert mixed.of_rows and not own.of_rows and own.members == [("T member", 2020), ("T member", 2021)]
     assert mixed.spec()["ensemble"] == members and json.loads(json.dumps(mixed.spec()))["ensemble"] == [list(m) for m in members]
     order = [c.label for c in cells]  # the rows it is made of count as teacher rows: they run first
     assert order.index("S") < order.index("T + S") < order.index("KD (mixed)")

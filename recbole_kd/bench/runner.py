@@ -91,7 +91,7 @@ def _teacher_record(cell: Cell, records: dict) -> dict:
 def _member_records(ensemble: dict, records: dict) -> list[dict]:
     """The records of an ensemble cell's members (``ensemble``: its record or its spec), in its order."""
     keys = [(ensemble["dataset"], *m) for m in member_keys(ensemble)]
-    missing = [f"{label} seed {seed}" for _, label, seed in keys if (_, label, seed) not in records]
+    missing = [f"{label} seed {seed}" for ds, label, seed in keys if (ds, label, seed) not in records]
     if missing:
         raise RuntimeError(f"ensemble {ensemble['label']!r} on {ensemble['dataset']}: member(s) "
                            f"{', '.join(missing)} have no finished cell")

@@ -62,6 +62,11 @@ class Cell:
         return spec
 
     @property
+    def of_rows(self) -> bool:
+        """An ``ensemble: [ROW, ...]`` cell: an ensemble of other rows' runs."""
+        return bool(self.ensemble) and isinstance(self.ensemble[0], tuple)
+
+    @property
     def members(self) -> list[tuple[str, int]]:
         """An ensemble cell's members: (label, seed) of their cells (``member_keys``)."""
         return member_keys(self.spec())
@@ -120,7 +125,7 @@ def expand(suite: dict) -> list[Cell]:
             entry = {"model": entry}
         unknown = set(entry) - _MODEL_KEYS
         if isinstance(entry.get("ensemble"), list) and "model" not in entry:
-            entry = {**entry, "model": _mixed_model(entry, rows, where, i)}
+            entry = {**entry, "model": _mixed_model(entry, rows, i)}
         if unknown or "model" not in entry:
             raise SuiteError(f"{where}: models[{i}] needs 'model' and takes only {sorted(_MODEL_KEYS)}; got {sorted(entry)}")
         label = str(entry.get("label") or entry["model"])
@@ -173,14 +178,14 @@ def expand(suite: dict) -> list[Cell]:
         if c.teacher_from and c.teacher_from not in labels:
             raise SuiteError(f"{where}: {c.label} has teacher_from {c.teacher_from!r}, which is no model's label")
     teachers = {c.teacher_from for c in cells if c.teacher_from}
-    mixed = {(c.dataset, *m) for c in cells if c.ensemble and isinstance(c.ensemble[0], tuple) for m in c.members}
+    mixed = {(c.dataset, *m) for c in cells if c.of_rows for m in c.members}
     teachers |= {c.row for c in cells if (c.dataset, c.label, c.seed) in mixed}  # the runs of an ensemble of rows
     # an ensemble cell is listed before its members (its row leads the report); it runs after them
     return sorted(cells, key=lambda c: (list(datasets).index(c.dataset), 0 if c.row in teachers else 1, c.order,
                                         0 if c.ensemble else 1, c.seed))
 
 
-def _mixed_model(entry: dict, rows: dict, where: str, i: int) -> str:
+def _mixed_model(entry: dict, rows: dict, i: int) -> str:
     """The model column of an ``ensemble: [ROW, ...]`` row without ``model``: its rows' models, joined."""
     models = [rows[r][0] for r in entry["ensemble"] if isinstance(r, str) and r in rows]
     return " + ".join(dict.fromkeys(models)) or f"ensemble{i}"
@@ -225,7 +230,7 @@ def check_cells(cells: list[Cell], where: str) -> None:
     try:
         for c in cells:
             key = (c.label, c.model, c.dataset, json.dumps(c.settings, sort_keys=True, default=str))
-            if c.skip is not None or key in seen or (c.ensemble and isinstance(c.ensemble[0], tuple)):
+            if c.skip is not None or key in seen or c.of_rows:
                 # an ensemble of other rows runs no model of its own: its members' cells are checked
                 continue
             seen.add(key)
