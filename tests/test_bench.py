@@ -733,3 +733,18 @@ def test_a_cell_that_another_live_bench_process_runs_is_not_started_twice(tmp_pa
     assert not (work / runner.LOCK).exists()
     # held by this very process (a lock left by an earlier call of ours): never a reason to skip
     assert runner.claim_cell(str(work)) is None and runner.claim_cell(str(work)) is None
+
+
+def test_a_time_estimate_uses_only_cells_run_on_this_kind_of_device():
+    """A cell that ran on a GPU says little about a CPU: --dry-run and the ETA use the suite's ``minutes``
+    until a cell of the row ran on this kind of device."""
+    from recbole_kd.bench import Cell
+    from recbole_kd.bench.runner import estimate_minutes
+
+    cell = Cell("ml-1m", "SASRec-L", "SASRec-L", "teacher", 2020, {}, minutes=400)
+    gpu = {("ml-1m", "SASRec-L", 2020): {"wall_seconds": 360.0, "machine": {"device": "cuda"}}}
+    assert estimate_minutes(cell, gpu, "cpu") == 400.0 and estimate_minutes(cell, gpu, "cuda") == 6.0
+    cpu = {**gpu, ("ml-1m", "SASRec-L", 2021): {"wall_seconds": 6000.0, "machine": {"device": "cpu"}}}
+    assert estimate_minutes(cell, cpu, "cpu") == 100.0
+    other_row = {("ml-1m", "SASRec-S", 2020): {"wall_seconds": 60.0, "machine": {"device": "cpu"}}}
+    assert estimate_minutes(cell, other_row, "cpu") == 400.0

@@ -35,7 +35,7 @@ from recbole_kd.bench.suite import (
 )
 from recbole_kd import zoo
 from recbole_kd.kd.teacher import evaluate_checkpoints
-from recbole_kd.utils import cli_value, git_commit, machine_info, write_json_atomic
+from recbole_kd.utils import cli_value, device_info, git_commit, machine_info, write_json_atomic
 
 
 def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = None) -> list[str]:
@@ -319,9 +319,14 @@ def _run_claimed(cell: Cell, out: str, records: dict, work: str, data_path: str 
     return {**base, "status": "ok", "result": result}
 
 
-def estimate_minutes(cell: Cell, done: dict) -> float | None:
+def estimate_minutes(cell: Cell, done: dict, device: str | None = None) -> float | None:
+    """Minutes the cell should take here: the mean wall time of its row's finished cells that ran on this
+    kind of device (``device``: "cpu" or "cuda", default this machine's; a GPU cell's minutes say little
+    about a CPU), else the suite's ``minutes`` estimate."""
+    device = device or device_info()["device"]
     same = [r["wall_seconds"] / 60 for (ds, label, _), r in done.items()
-            if ds == cell.dataset and label == cell.label and r.get("wall_seconds") is not None]
+            if ds == cell.dataset and label == cell.label and r.get("wall_seconds") is not None
+            and (r.get("machine") or {}).get("device", "cpu") == device]
     if same:
         return statistics.mean(same)
     return float(cell.minutes) if cell.minutes is not None else None
