@@ -48,13 +48,12 @@ def cell_command(cell: Cell, out: str, records: dict, data_path: str | None = No
     if cell.model.startswith("KD-"):
         if cell.teacher_from:
             teacher = _teacher_record(cell, records)
-            settings["teacher"] = teacher["model"]
-            if teacher.get("ensemble"):  # distilled from every member (the CLI takes a list of checkpoints)
-                members = _member_records(teacher, records)
-                settings["teacher"] = members[0]["model"]  # an ensemble of rows has several models: the first's
-                settings["teacher_checkpoint"] = [cell_checkpoint(m, out) for m in members]
-            else:
-                settings["teacher_checkpoint"] = cell_checkpoint(teacher, out)
+            # an ensemble: distilled from every member (the CLI takes a list of checkpoints); --teacher is the
+            # first member's model (an ensemble of rows has several; each checkpoint names its own)
+            members = _member_records(teacher, records) if teacher.get("ensemble") else [teacher]
+            settings["teacher"] = members[0]["model"]
+            paths = [cell_checkpoint(m, out) for m in members]
+            settings["teacher_checkpoint"] = paths if teacher.get("ensemble") else paths[0]
         else:
             settings.setdefault("teacher_dir", os.path.join(out, "work", cell.dataset, "teachers"))
             # the suite defines a cell's teacher: a pretrained one shipped later never changes what a stored
@@ -375,6 +374,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
 
     needs = {c.id: _needs(c, todo) for c in todo}
     pending, running, ended, ran = list(todo), {}, set(), []
+    device = device_info()["device"]  # the estimates use cells that ran on this kind of device
     threads = cell_threads(jobs)
     if threads is not None:
         print(f"[bench] --jobs {jobs} on {os.cpu_count()} cores: each cell runs with OMP_NUM_THREADS={threads} "
@@ -391,7 +391,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                     pending.remove(c)
                     busy.add(_exclusive(c))
                     n = len(todo) - len(pending) - 1
-                    left = [estimate_minutes(x, records) for x in [c, *pending]]
+                    left = [estimate_minutes(x, records, device) for x in [c, *pending]]
                     if all(e is not None for e in left):
                         eta = sum(left) / min(jobs, len(left))
                     elif ran:
@@ -473,6 +473,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
     if dry_run:
         print(f"suite {suite['name']}: {len(cells)} cells -> {out}")
         total, unknown = 0.0, 0
+        device = device_info()["device"]
         for c in cells:
             state = ("to run (teacher)" if c.id in reruns else
                      "to run (one protocol)" if (c.dataset, c.label, c.seed) in stale and selected(c, only) else
@@ -482,7 +483,7 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
                      f"skip ({c.skip})" if c.skip else "not selected" if not selected(c, only) else
                      "failed before" if failed_record(out, c) else "to run")
             runs = state.startswith(("to run", "failed"))
-            est = estimate_minutes(c, records) if runs else None
+            est = estimate_minutes(c, records, device) if runs else None
             if est is not None:
                 total += est
             elif runs:

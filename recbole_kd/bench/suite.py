@@ -139,27 +139,18 @@ def expand(suite: dict) -> list[Cell]:
         skip = entry.get("skip")
         ensemble = entry.get("ensemble", False)
         row_seeds = [int(s) for s in entry.get("seeds") or seeds]
-        if isinstance(ensemble, list):  # the runs of other rows, evaluated once as one model
+        of_rows = isinstance(ensemble, list)  # the runs of other rows, evaluated once as one model
+        if of_rows:
             _check_mixed(entry, label, group, where, i)
-            for ds, ds_settings in datasets.items():
-                if entry.get("datasets") and ds not in entry["datasets"]:
-                    continue
-                members, why = _mixed_members(entry, label, rows, ds, where)
-                minutes = entry.get("minutes")
-                minutes = minutes.get(ds) if isinstance(minutes, dict) else minutes
-                reason = skip.get(ds) if isinstance(skip, dict) else skip
-                settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
-                cells.append(Cell(ds, label, entry["model"], group, members[0][1], settings, None, entry.get("student_ref"),
-                                  reason or why, minutes, i, ensemble=tuple(members)))
-            continue
-        rows[label] = (entry["model"], entry, row_seeds)
-        if ensemble not in (True, False) or (ensemble and (group != "teacher" or len(set(row_seeds)) < 2)):
-            raise SuiteError(f"{where}: models[{i}] ({label}) has ensemble: {ensemble!r}; 'ensemble: true' is for a "
-                             "row of group teacher with 2 or more seeds (its members)")
-        if ensemble:
-            if label + MEMBER in labels:
-                raise SuiteError(f"{where}: a model is labelled {label + MEMBER!r}, the name of {label}'s members")
-            labels.add(label + MEMBER)
+        else:
+            rows[label] = (entry["model"], entry, row_seeds)
+            if ensemble not in (True, False) or (ensemble and (group != "teacher" or len(set(row_seeds)) < 2)):
+                raise SuiteError(f"{where}: models[{i}] ({label}) has ensemble: {ensemble!r}; 'ensemble: true' is for "
+                                 "a row of group teacher with 2 or more seeds (its members)")
+            if ensemble:
+                if label + MEMBER in labels:
+                    raise SuiteError(f"{where}: a model is labelled {label + MEMBER!r}, the name of {label}'s members")
+                labels.add(label + MEMBER)
         for ds, ds_settings in datasets.items():
             if entry.get("datasets") and ds not in entry["datasets"]:
                 continue
@@ -167,6 +158,11 @@ def expand(suite: dict) -> list[Cell]:
             minutes = entry.get("minutes")
             minutes = minutes.get(ds) if isinstance(minutes, dict) else minutes
             settings = {**common, **(ds_settings or {}), **(entry.get("settings") or {})}
+            if of_rows:
+                members, why = _mixed_members(entry, label, rows, ds, where)
+                cells.append(Cell(ds, label, entry["model"], group, members[0][1], settings, None, entry.get("student_ref"),
+                                  reason or why, minutes, i, ensemble=tuple(members)))
+                continue
             if ensemble:  # evaluated once from its members' checkpoints, after them
                 cells.append(Cell(ds, label, entry["model"], group, row_seeds[0], dict(settings), None,
                                   entry.get("student_ref"), reason, None, i, ensemble=tuple(row_seeds)))
