@@ -207,7 +207,7 @@ def test_only_runs_the_selected_cells_and_reports_every_row(tmp_path, monkeypatc
     assert main([suite, "--out", str(out), "--only", "MF*"]) == 0
     assert sorted(p.name for p in (out / "cells").iterdir()) == ["tiny__MF-S__seed2020.json"]
     printed = capsys.readouterr().out
-    assert "[bench] 0/1 selected cells run · running tiny__MF-S__seed2020" in printed
+    assert "[bench] 0/1 selected cells done · running tiny__MF-S__seed2020" in printed
     assert "1 not selected by --only" in printed
     report = (out / "README.md").read_text()
     assert "| baseline | MF-S | MF-S | 1/1 |" in report and "| student | SASRec-S | SASRec-S | 0/1 | not run yet" in report
@@ -268,7 +268,7 @@ def test_data_path_option_reads_every_dataset_from_there_and_keeps_the_cells(tmp
         and " done " in line
 
 
-def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp_path, monkeypatch):
+def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp_path, monkeypatch, capsys):
     """--jobs N: at most N cells at a time; a distilled cell starts only after its teacher cell ended; cells
     that train a shared model lazily (teacher zoo, transfer source) never run side by side."""
     import threading
@@ -310,6 +310,10 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert runner.run_suite(suite, str(tmp_path / "out"), jobs=3) == 0
+    printed = capsys.readouterr().out
+    # the progress counts finished cells: the first three start side by side with none done
+    assert [line.split(" · ")[0] for line in printed.splitlines() if " · running " in line][:3] == \
+        ["[bench] 0/14 cells done or skipped"] * 3
     assert most[0] == 3  # side by side, never more than --jobs
     assert set(given) == {2}  # 8 cores split between 3 cells: no oversubscription
     started = [e[1] for e in events if e[0] == "start"]

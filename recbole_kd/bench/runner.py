@@ -390,7 +390,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                         continue
                     pending.remove(c)
                     busy.add(_exclusive(c))
-                    n = len(todo) - len(pending) - 1
+                    n = len(ended)  # finished, not started: with --jobs N the running ones are not done
                     left = [estimate_minutes(x, records, device) for x in [c, *pending]]
                     if all(e is not None for e in left):
                         eta = sum(left) / min(jobs, len(left))
@@ -398,7 +398,7 @@ def _run_cells(todo: list[Cell], cells: list[Cell], records: dict, out: str, rer
                         eta = statistics.mean(ran) / 60 * len(left) / min(jobs, len(left))
                     else:
                         eta = None
-                    progress = (f"{n}/{len(todo)} selected cells run" if only else
+                    progress = (f"{n}/{len(todo)} selected cells done" if only else
                                 f"{len(cells) - len(todo) + n}/{len(cells)} cells done or skipped")
                     if c.id in reruns and c.ensemble and (c.dataset, c.label, c.seed) in records:
                         print(f"[bench] ensemble cell {c.id} is evaluated again from its members' checkpoints",
