@@ -104,6 +104,35 @@ def register_resolver(fn: Callable[[str], "ModelEntry | None"], lister: Callable
     return fn
 
 
+def register_student_family(prefix: str, kind: str, aliases: dict, config: str, trainer: type, doc: str,
+                            description: str, attrs: Callable[[str], dict] | None = None) -> Callable:
+    """Derive ``<prefix><student>`` for every registered student, on demand: the student's own class (same
+    architecture and checkpoint layout) with its yaml, then ``config``, then an alias's extra yaml files,
+    trained by ``trainer``. ``aliases`` maps short names to ``(student, [extra yaml])``; they are registered
+    at once. ``doc`` and ``description`` may name ``{student}``; ``attrs(student)`` adds class attributes.
+    Returns the entry factory ``make(name, student, extra_yaml=())`` (None for an unknown student)."""
+    def make(name: str, student: str, extra_yaml=()) -> ModelEntry | None:
+        students = registered("student")
+        if student not in students:
+            return None
+        base = students[student]
+        cls = type(name, (base.cls,), {"__doc__": doc.format(student=student), "__module__": base.cls.__module__,
+                                       **(attrs(student) if attrs else {})})
+        return ModelEntry(name=name, cls=cls, kind=kind, description=description.format(student=student),
+                          config_files=list(base.config_files) + [config] + list(extra_yaml), trainer=trainer)
+
+    def resolve(name: str) -> ModelEntry | None:
+        if name in aliases:
+            student, extra = aliases[name]
+            return make(name, student, extra)
+        return make(name, name[len(prefix):]) if name.startswith(prefix) else None
+
+    register_resolver(resolve, lambda: list(aliases) + [prefix + s for s in sorted(registered("student"))])
+    for alias in aliases:
+        add_entry(resolve(alias))
+    return make
+
+
 def derived_entries() -> dict[str, ModelEntry]:
     """Every entry a resolver can derive (built on demand)."""
     _load_plugins()
