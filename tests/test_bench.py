@@ -334,6 +334,38 @@ def test_jobs_runs_cells_side_by_side_and_a_distilled_cell_after_its_teacher(tmp
     assert runner.cell_threads(1) is None and runner.cell_threads(16) == 1 and runner.cell_threads(2) == 4
 
 
+def test_sigterm_stops_the_bench_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill, a scheduler's time limit) stops the bench as Ctrl-C does (its running cells stopped,
+    finished ones stored, exit 143); the process's own SIGTERM handler is back afterwards."""
+    import threading
+
+    from recbole_kd.bench import runner
+
+    suite = _suite(tmp_path, [{"model": "MF-S", "group": "student"}, {"model": "BPR", "group": "baseline"}])
+
+    def fake_run_cell(cell, out, records, data_path=None, threads=None):
+        if cell.model == "BPR":
+            time.sleep(1.5)  # still running when SIGTERM comes
+        return {**cell.spec(), "id": cell.id, "status": "ok", "wall_seconds": 0.1, "result": {"test_result": {}}}
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    monkeypatch.setattr(runner, "render", lambda *a, **k: None)
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))  # never kills pytest
+    try:
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        code = runner.run_suite(suite, str(tmp_path / "out"), jobs=1)
+        timer.join()
+        assert code == 143 and seen == []
+        assert "[bench] terminated (SIGTERM): finished cells are stored" in capsys.readouterr().err
+        assert [p.name for p in (tmp_path / "out" / "cells").glob("*.json")] == ["tiny__MF-S__seed2020.json"]
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler before the run is back
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.slow
 def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
     suite = _suite(tmp_path, [
@@ -354,21 +386,23 @@ def test_jobs_end_to_end_and_interrupt_stops_the_running_cells(tmp_path):
     assert f"each cell runs with OMP_NUM_THREADS={share}" in stdout
     assert {c["machine"]["torch_threads"] for c in cells.values()} == {share}
     assert {c["result"]["machine"]["torch_threads"] for c in cells.values()} == {share}
-    # Ctrl-C (SIGINT to the bench alone) stops the cells it started, too: none is left running
+    # Ctrl-C (SIGINT to the bench alone) stops the cells it started, too, and so does SIGTERM (kill, a
+    # scheduler's time limit): none is left running
     for p in (out / "cells").glob("*.json"):
         p.unlink()
     shutil.rmtree(out / "work")
-    proc = _bench(suite, "--out", str(out), "--jobs", "2", cwd=tmp_path)
-    deadline = time.time() + 120
-    while time.time() < deadline and "(2 running)" not in (line := proc.stdout.readline()):
-        assert line or proc.poll() is None
-    time.sleep(2)
-    os.kill(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr
-    left = subprocess.run(["pgrep", "-f", f"--checkpoint_dir={out}"], capture_output=True, text=True)
-    assert left.stdout.strip() == "", left.stdout
+    for sig, code, said in ((signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")):
+        proc = _bench(suite, "--out", str(out), "--jobs", "2", cwd=tmp_path)
+        deadline = time.time() + 120
+        while time.time() < deadline and "(2 running)" not in (line := proc.stdout.readline()):
+            assert line or proc.poll() is None
+        time.sleep(2)
+        os.kill(proc.pid, sig)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == code, stderr[-2000:]
+        assert f"[bench] {said}" in stderr
+        left = subprocess.run(["pgrep", "-f", f"--checkpoint_dir={out}"], capture_output=True, text=True)
+        assert left.stdout.strip() == "", left.stdout
 
 
 def test_minutes_and_skip_per_dataset(tmp_path):

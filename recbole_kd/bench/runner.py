@@ -203,6 +203,31 @@ def teacher_reruns(cells: list[Cell], records: dict, out: str, todo: list[Cell])
 _LIVE: set = set()  # processes of the cells running now (stopped when the bench is interrupted)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the bench (``kill``, a batch scheduler's time limit): it stops like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """While cells run, SIGTERM raises :class:`Terminated` in the bench, so that it stops the cells' processes
+    as on Ctrl-C. Without it the bench died alone and its cells trained on, orphaned: their results were never
+    stored, and a new bench (its lock's pid dead) could start the same cell on the same checkpoints."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cell_threads(jobs: int) -> int | None:
     """Torch threads for each of ``jobs`` cells running side by side: this machine's cores split between
     them, so that they do not oversubscribe it (two cells of two threads each on two cores run their epochs
@@ -495,12 +520,14 @@ def run_suite(path: str, out: str | None = None, dry_run: bool = False, render_o
     if not render_only:
         os.makedirs(os.path.join(out, "cells"), exist_ok=True)
         try:
-            _run_cells(todo, cells, records, out, reruns, only, data_path, jobs)
-        except KeyboardInterrupt:
-            print("[bench] interrupted: finished cells are stored; run the same command again to resume",
+            with _sigterm_stops_like_ctrl_c():
+                _run_cells(todo, cells, records, out, reruns, only, data_path, jobs)
+        except KeyboardInterrupt as exc:
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            print(f"[bench] {how}: finished cells are stored; run the same command again to resume",
                   file=sys.stderr)
             render(suite, cells, records, out)
-            return 130
+            return 143 if isinstance(exc, Terminated) else 130  # 128 + the signal, as a shell reports it
     render(suite, cells, records, out)
     failed = [c for c in cells if c.skip is None and (c.dataset, c.label, c.seed) not in records
               and selected(c, only)]
