@@ -661,6 +661,40 @@ def test_a_row_never_averages_seeds_of_two_protocol_generations(tmp_path):
     assert "leaves out N seeds stored before both protocols were recorded" in report
 
 
+def test_no_ratio_between_checkpoints_chosen_under_two_protocols(tmp_path):
+    """A student re-run under filter-seen (both protocols recorded) and distilled rows stored before, chosen
+    on RecBole's valid metric: no ratio between them under either protocol (two selection rules), while a
+    stored MF-S alone (a general model without teacher: the same checkpoint under both rules) still divides
+    a stored KD-MF."""
+    import yaml
+
+    from recbole_kd.bench.report import summarize
+    from recbole_kd.bench.suite import expand, load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "seeds": [1], "datasets": {"a": {}}, "models": [
+        {"model": "SASRec-S", "group": "student"}, {"model": "KD-SASRec"},
+        {"model": "MF-S", "group": "student"}, {"model": "KD-MF"}]}))
+    cells = expand(load_suite(str(path)))
+    records = {}
+    for c in cells:
+        t = {"ndcg@10": 0.04, "recall@10": 0.1, "mrr@10": 0.03}
+        result = {"num_params": 10, "latency_seconds": 0.01, "train_seconds_per_epoch": 1.0, "epochs_run": 2,
+                  "train_seconds": 2.0, "model": c.model, "test_result": t}
+        if c.model == "SASRec-S":  # re-run: chosen under filter-seen, both protocols recorded
+            result.update(protocol="filter_seen", test_result={**t, "ndcg@10": 0.06},
+                          test_result_by_protocol={"filter_seen": {**t, "ndcg@10": 0.06}, "recbole": t})
+        if c.model.startswith("KD-"):
+            result["teacher"] = "SASRec-L"
+        records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
+                                                 "config_hash": "h", "git_commit": "c"}
+    rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
+    kd = rows["KD-SASRec"]
+    assert kd["recbole"]["ndcg@10"] == (0.04, None) and rows["SASRec-S"]["recbole"]["ndcg@10"] == (0.04, None)
+    assert kd["vs_student_alone"] is None and kd["vs_student_alone_other"] is None  # not 1.000 under RecBole's
+    assert rows["KD-MF"]["vs_student_alone_other"] == 1.0
+
+
 def test_the_headline_is_chosen_on_validation_not_on_test(tmp_path):
     """Two transfer rows against one target-only row: the one with the better validation NDCG@10 is the
     headline, although the other has the better test NDCG@10; the report names it with its ratio."""

@@ -174,9 +174,18 @@ def _sequential(model: str) -> bool | None:
         return None
 
 
+def _selection(row):
+    """The protocols under which the row's checkpoints were chosen on validation; None where either would
+    choose the same ones (a model that is not sequential, trained without a teacher, stored before both
+    protocols were recorded)."""
+    return None if row.get("same_under_both") else tuple(row.get("protocols_selected") or ())
+
+
 def _ratio(row, ref, protocol):
     if not ref or not row.get(protocol) or not ref.get(protocol) or _in_noise(ref, protocol):
         return None
+    if None not in (_selection(row), _selection(ref)) and _selection(row) != _selection(ref):
+        return None  # checkpoints chosen under two rules: a row stored before both protocols and a newer one
     if protocol == RECBOLE and _sequential(row["model"]) != _sequential(ref["model"]):
         return None  # RecBole's rule filters a general model's history and not a sequential one's: two tasks
     return row[protocol]["ndcg@10"][0] / ref[protocol]["ndcg@10"][0]
@@ -313,7 +322,8 @@ def render(suite: dict, cells: list[Cell], records: dict, out: str) -> None:
         if legacy:
             lines += [f"Rows with `-` under {pm} were run before every cell recorded both protocols: their "
                       f"checkpoint was selected, and their metrics computed, under RecBole's protocol only; running "
-                      "the suite again re-measures them.", ""]
+                      "the suite again re-measures them. They have no ratio (`-`) to a row whose checkpoints were "
+                      f"selected under {pm}: the two were chosen on validation under two rules.", ""]
         if both and main != RECBOLE:
             lines += [f"Rows of models that are not sequential and have no teacher ({', '.join(sorted({r['model'] for r in ds_rows if r.get('same_under_both')}))}) "
                       "stored before every cell recorded both protocols count under both: RecBole's full-sort "
