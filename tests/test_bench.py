@@ -665,10 +665,10 @@ def test_no_ratio_between_checkpoints_chosen_under_two_protocols(tmp_path):
     """A student re-run under filter-seen (both protocols recorded) and distilled rows stored before, chosen
     on RecBole's valid metric: no ratio between them under either protocol (two selection rules), while a
     stored MF-S alone (a general model without teacher: the same checkpoint under both rules) still divides
-    a stored KD-MF."""
+    a stored KD-MF. A KD-gain plot of an earlier render is not left behind."""
     import yaml
 
-    from recbole_kd.bench.report import summarize
+    from recbole_kd.bench.report import render, summarize
     from recbole_kd.bench.suite import expand, load_suite
 
     path = tmp_path / "suite.yaml"
@@ -688,6 +688,12 @@ def test_no_ratio_between_checkpoints_chosen_under_two_protocols(tmp_path):
             result["teacher"] = "SASRec-L"
         records[(c.dataset, c.label, c.seed)] = {"seed": c.seed, "result": result, "machine": {"device": "cpu"},
                                                  "config_hash": "h", "git_commit": "c"}
+    plot = tmp_path / "plots" / "a_kd_gain.png"
+    plot.parent.mkdir()
+    plot.write_bytes(b"a plot of a render before")
+    render(load_suite(str(path)), cells, records, str(tmp_path))
+    assert not plot.exists()  # a gain plot of the KD rows, which have no ratio now, is not left behind
+    assert (tmp_path / "plots" / "a_ndcg_vs_params.png").exists()
     rows = {r["label"]: r for r in summarize(cells, records, str(tmp_path))}
     kd = rows["KD-SASRec"]
     assert kd["recbole"]["ndcg@10"] == (0.04, None) and rows["SASRec-S"]["recbole"]["ndcg@10"] == (0.04, None)

@@ -98,4 +98,8 @@ def _plots(rows, out) -> dict:
             fig.savefig(os.path.join(out, name), dpi=110, bbox_inches="tight")
             plt.close(fig)
             made.setdefault(ds, []).append((f"{ds} KD gain", name))
+    drawn = {name for plots in made.values() for _, name in plots}
+    for f in os.listdir(os.path.join(out, "plots")):  # one this report no longer draws would show stale numbers
+        if f.endswith(("_ndcg_vs_params.png", "_ndcg_vs_latency.png", "_kd_gain.png")) and f"plots/{f}" not in drawn:
+            os.unlink(os.path.join(out, "plots", f))
     return made
