@@ -184,7 +184,8 @@ def _selection(row):
 def _ratio(row, ref, protocol):
     if not ref or not row.get(protocol) or not ref.get(protocol) or _in_noise(ref, protocol):
         return None
-    if None not in (_selection(row), _selection(ref)) and _selection(row) != _selection(ref):
+    chosen = {_selection(row), _selection(ref)} - {None}
+    if len(chosen) > 1:
         return None  # checkpoints chosen under two rules: a row stored before both protocols and a newer one
     if protocol == RECBOLE and _sequential(row["model"]) != _sequential(ref["model"]):
         return None  # RecBole's rule filters a general model's history and not a sequential one's: two tasks

@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 from recbole_kd.bench.records import _read_json, cell_record, failed_record, legacy_record, stored_record
@@ -212,8 +213,6 @@ def _sigterm_stops_like_ctrl_c():
     """While cells run, SIGTERM raises :class:`Terminated` in the bench, so that it stops the cells' processes
     as on Ctrl-C. Without it the bench died alone and its cells trained on, orphaned: their results were never
     stored, and a new bench (its lock's pid dead) could start the same cell on the same checkpoints."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
         yield
         return
